@@ -1,0 +1,268 @@
+"""Work-directory artifacts: atomic writes, stage manifests ("is it up to date?") and the workdir lock.
+
+Every artifact is written to a temporary name in the same folder and renamed into place, so an
+interrupted run never leaves a truncated file that a later run would trust. A stage records
+completion by writing its manifest *last*: the manifest holds a fingerprint (sha256 of the stage
+name, schema version, settings and the upstream manifests' fingerprints). A stage is current iff
+its manifest exists, the fingerprint matches and every listed output exists.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import PromptmeshError
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically (temp file in the same folder, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(Path(tmp))
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+class atomic_output:
+    """Context manager yielding a temporary path beside `path`; renamed to `path` on success.
+
+    For writers that insist on a file name (Open3D, pyarrow, trimesh). The temporary name keeps
+    the real suffix so that format detection by extension still works.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            if not self.tmp.exists():
+                raise RuntimeError(f"writer produced no file at {self.tmp}")
+            os.replace(self.tmp, self.path)
+        else:
+            _unlink_quiet(self.tmp)
+
+
+def write_png_atomic(path: Path, image: np.ndarray) -> Path:
+    """Encode `image` (uint8 or uint16, (H,W) or (H,W,3) BGR) as PNG and write it atomically."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise RuntimeError(f"PNG encoding failed for {path}")
+    return atomic_write_bytes(path, buf.tobytes())
+
+
+def remove_tree(path: Path) -> None:
+    if Path(path).exists():
+        shutil.rmtree(path)
+
+
+def _unlink_quiet(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+# --------------------------------------------------------------------------- fingerprints
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses, paths, numpy scalars/arrays -> plain JSON types (for manifests and reports)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def fingerprint(stage: str, settings: Any, upstream: Iterable[str] = ()) -> str:
+    """sha256 over the stage name, schema version, settings (sorted JSON) and upstream fingerprints."""
+    payload = {
+        "stage": stage,
+        "schema": SCHEMA_VERSION,
+        "settings": to_jsonable(settings),
+        "upstream": list(upstream),
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_bytes):
+            h.update(block)
+    return h.hexdigest()
+
+
+def source_fingerprint(path: Path) -> str:
+    """Cheap fingerprint of a capture on disk: relative names, sizes and mtimes of its files."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for p in files:
+        st = p.stat()
+        rel = p.name if p == path else str(p.relative_to(path))
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- manifests
+@dataclasses.dataclass
+class Manifest:
+    """What a finished stage wrote, stored as `<stage dir>/manifest.json`, written last."""
+
+    stage: str
+    fingerprint: str
+    outputs: list[str]
+    """Output paths relative to the manifest's folder."""
+    settings: dict
+    summary: dict = dataclasses.field(default_factory=dict)
+    """Counts and timings worth reporting (frames written, skipped, seconds)."""
+
+    @staticmethod
+    def path_in(stage_dir: Path) -> Path:
+        return Path(stage_dir) / MANIFEST_NAME
+
+    def write(self, stage_dir: Path) -> Path:
+        return atomic_write_json(self.path_in(stage_dir), dataclasses.asdict(self))
+
+    @classmethod
+    def read(cls, stage_dir: Path) -> "Manifest | None":
+        p = cls.path_in(stage_dir)
+        if not p.exists():
+            return None
+        try:
+            d = json.loads(p.read_text())
+            return cls(**d)
+        except (ValueError, TypeError):
+            return None  # unreadable manifest = stage not done
+
+
+def is_current(stage_dir: Path, expected_fingerprint: str) -> Manifest | None:
+    """The stage's manifest if it matches `expected_fingerprint` and all its outputs exist."""
+    m = Manifest.read(stage_dir)
+    if m is None or m.fingerprint != expected_fingerprint:
+        return None
+    if not all((Path(stage_dir) / o).exists() for o in m.outputs):
+        return None
+    return m
+
+
+def upstream_fingerprint(stage_dir: Path, what: str) -> str:
+    """Fingerprint of a finished upstream stage, or a PromptmeshError saying what to run first."""
+    m = Manifest.read(stage_dir)
+    if m is None:
+        raise PromptmeshError(f"{stage_dir}: {what} has not finished here; run `promptmesh {what}` first")
+    return m.fingerprint
+
+
+def invalidate(stage_dir: Path) -> None:
+    """Drop a stage's manifest so that it (and, by fingerprint, everything after it) reruns."""
+    _unlink_quiet(Manifest.path_in(stage_dir))
+
+
+# --------------------------------------------------------------------------- workdir lock
+class WorkdirLock:
+    """Exclusive lock on a work directory (`WORKDIR/.lock` holding host and pid).
+
+    A second process gets a PromptmeshError. A lock left by a dead process on this host is taken
+    over. Uses O_EXCL creation, so it is safe against races between two starting processes.
+    """
+
+    def __init__(self, workdir: Path):
+        self.path = Path(workdir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> "WorkdirLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._owner_alive():
+                    raise PromptmeshError(
+                        f"{self.path.parent}: another promptmesh process ({self._owner()}) is using this "
+                        "work directory; wait for it to finish or use another -o WORKDIR"
+                    ) from None
+                _unlink_quiet(self.path)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise PromptmeshError(f"{self.path}: could not take the work-directory lock; delete the file and retry")
+
+    def release(self) -> None:
+        if self.held:
+            _unlink_quiet(self.path)
+            self.held = False
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _owner(self) -> str:
+        try:
+            return self.path.read_text().strip()
+        except OSError:
+            return "unknown"
+
+    def _owner_alive(self) -> bool:
+        parts = self._owner().split()
+        if len(parts) < 2 or not parts[1].isdigit():
+            return False
+        host, pid = parts[0], int(parts[1])
+        if host != socket.gethostname():
+            return True  # cannot check another host's processes: assume alive
+        try:
+            os.kill(pid, 0)
+        except OSError as e:
+            return e.errno == errno.EPERM
+        return True

@@ -1,0 +1,314 @@
+"""The `promptmesh` command line: a thin click layer that builds configs and calls each stage's `run`.
+
+Errors a user can fix (PromptmeshError) print as one line on stderr and exit 1; anything else is a bug
+and keeps its traceback.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .config import DEPTH_MODELS, PipelineConfig, load_config, override
+from .errors import PromptmeshError
+
+log = logging.getLogger("pipeline")
+
+CAPTURE_HELP = ("CAPTURE is a Stray Scanner folder, a Record3D .r3d file, a Record3D EXR+JPG export folder or a "
+                "3D Scanner App 'All Data' folder (auto-detected).")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("pipeline")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _guard(fn):
+    """Turn PromptmeshError into one stderr line and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PromptmeshError as e:
+            click.echo(f"promptmesh: error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("promptmesh: interrupted; finished work is kept, rerun the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------- shared options
+def opt_config(f):
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                        help="TOML file with [ingest] [depth] [fuse] [mesh] [eval] tables "
+                             "(see configs/default.toml). Options given here override it.")(f)
+
+
+def opt_workdir(f):
+    return click.option("-o", "--workdir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                        help="Work directory for all artifacts (created if missing; reruns reuse what is "
+                             "up to date).")(f)
+
+
+def opt_frames(f):
+    f = click.option("--stride", type=click.IntRange(min=1),
+                     help="Keep one frame per window of N frames (the sharpest one). [default: 1]")(f)
+    f = click.option("--max-frames", type=click.IntRange(min=0),
+                     help="Keep at most N frames; 0 = all. [default: 0]")(f)
+    f = click.option("--no-blur-select", is_flag=True, default=False,
+                     help="Keep the first frame of each window and no blur rejection.")(f)
+    return f
+
+
+def opt_depth(f):
+    f = click.option("--depth-model", type=click.Choice(DEPTH_MODELS),
+                     help="lidar = LiDAR resized (baseline); guided = edge-aware RGB-guided upsampling (no weights); "
+                          "promptda-* = Prompt Depth Anything with official weights; auto = promptda-vits if its "
+                          "weights are available offline, else guided. [default: auto]")(f)
+    f = click.option("--weights", help="PromptDA weights: path to model.ckpt, a folder holding it, or a Hugging "
+                                       "Face repo id already in the local cache. [default: the model's official repo]")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+                     help="Where to run PromptDA and TSDF fusion. [default: auto]")(f)
+    f = click.option("--depth-resolution", "long_side_px", type=click.IntRange(min=14),
+                     help="Long side of the estimated depth maps in pixels (1008 like the official script; 3840 "
+                          "for 4K). On a 2-core CPU PromptDA ViT-S takes seconds per frame at 1008; use a GPU "
+                          "for 4K. [default: 1008]")(f)
+    return f
+
+
+def opt_voxel(f):
+    return click.option("--voxel-size", "voxel_size_m", type=click.FloatRange(min=0.001, max=0.5),
+                        help="TSDF voxel edge in metres. [default: 0.01]")(f)
+
+
+def opt_format(f):
+    return click.option("--format", "formats", multiple=True, type=click.Choice(["ply", "obj", "glb"]),
+                        help="Mesh export format(s), repeatable: mesh.ply / mesh.obj / mesh.glb with vertex "
+                             "colours, world frame, metres. [default: ply]")(f)
+
+
+def opt_force(f):
+    return click.option("--force", is_flag=True, default=False,
+                        help="Redo the stage(s) even if they are up to date.")(f)
+
+
+def _build_config(config_path: Optional[Path], stride=None, max_frames=None, no_blur_select=False,
+                  depth_model=None, weights=None, device=None, long_side_px=None, voxel_size_m=None,
+                  formats=()) -> PipelineConfig:
+    cfg = load_config(config_path)
+    cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames,
+                   blur_select=False if no_blur_select else None)
+    cfg = override(cfg, "depth", model=depth_model, weights=weights, device=device, long_side_px=long_side_px)
+    cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device)
+    cfg = override(cfg, "mesh", formats=tuple(formats) or None)
+    return cfg
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", count=True, help="More log output (per-frame details).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="promptmesh")
+def cli(verbose: int, quiet: bool) -> None:
+    """promptmesh: iPhone LiDAR capture -> metric, high-resolution mesh.
+
+    Stages: ingest -> depth -> fuse -> mesh -> eval. `run` does them all; each stage caches its
+    artifacts in the work directory, so rerunning does only what changed.
+    """
+    _setup_logging(verbose, quiet)
+
+
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=Path))
+@opt_workdir
+@opt_config
+@opt_depth
+@click.option("--gt-mesh", type=click.Path(dir_okay=False, path_type=Path),
+              help="Ground-truth mesh (metres, capture world frame): also evaluate and write eval.json.")
+@opt_frames
+@opt_voxel
+@opt_format
+@opt_force
+@_guard
+def run(capture, workdir, config_path, depth_model, weights, device, long_side_px, gt_mesh, stride, max_frames,
+        no_blur_select, voxel_size_m, formats, force):
+    """All stages on CAPTURE: ingest, depth, fuse, mesh (and eval with --gt-mesh).
+
+    \b
+    Example:
+      promptmesh run sample_captures/synthetic_room -o work/room \\
+          --gt-mesh sample_captures/synthetic_room/gt_mesh.ply
+    """
+    from . import runner
+
+    cfg = _build_config(config_path, stride, max_frames, no_blur_select, depth_model, weights, device,
+                        long_side_px, voxel_size_m, formats)
+    result = runner.run(cfg, capture, workdir, gt_mesh=gt_mesh, force=force)
+    click.echo(result.report())
+
+
+run.help += "\n\n" + CAPTURE_HELP
+
+
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=Path))
+@opt_workdir
+@opt_config
+@opt_frames
+@opt_force
+@_guard
+def ingest(capture, workdir, config_path, stride, max_frames, no_blur_select, force):
+    """Read CAPTURE into WORKDIR/capture/ (frames.parquet, rgb/, lidar/, confidence/)."""
+    from . import ingest as stage
+    from .artifacts import WorkdirLock
+
+    cfg = _build_config(config_path, stride, max_frames, no_blur_select)
+    with WorkdirLock(workdir):
+        path = stage.run(cfg.ingest, capture, workdir, force=force)
+    click.echo(f"capture: {path}")
+
+
+ingest.help += "\n\n" + CAPTURE_HELP
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
+@opt_config
+@opt_depth
+@opt_force
+@_guard
+def depth(workdir, config_path, depth_model, weights, device, long_side_px, force):
+    """Estimate depth for every ingested frame into WORKDIR/depth/<model>/ (uint16 mm PNGs).
+
+    Resumable: frames already written with the same settings are kept.
+    """
+    from . import depth as stage
+    from .artifacts import WorkdirLock
+
+    cfg = _build_config(config_path, depth_model=depth_model, weights=weights, device=device,
+                        long_side_px=long_side_px)
+    with WorkdirLock(workdir):
+        path = stage.run(cfg.depth, workdir, force=force)
+    click.echo(f"depth: {path}")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
+@opt_config
+@click.option("--depth-model", type=click.Choice(DEPTH_MODELS), help="Which depth/<model>/ to fuse. [default: auto]")
+@opt_voxel
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="TSDF device. [default: auto]")
+@opt_force
+@_guard
+def fuse(workdir, config_path, depth_model, voxel_size_m, device, force):
+    """Integrate WORKDIR/depth/<model>/ into a TSDF volume (Open3D VoxelBlockGrid) in WORKDIR/fuse/."""
+    from . import fuse as stage
+    from .artifacts import WorkdirLock
+    from .depth import resolve_model_name
+
+    cfg = _build_config(config_path, depth_model=depth_model, voxel_size_m=voxel_size_m, device=device)
+    with WorkdirLock(workdir):
+        path = stage.run(cfg.fuse, workdir, depth_model=resolve_model_name(cfg.depth), force=force)
+    click.echo(f"tsdf: {path}")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
+@opt_config
+@opt_format
+@opt_force
+@_guard
+def mesh(workdir, config_path, formats, force):
+    """Extract, clean and export the mesh from WORKDIR/fuse/ (mesh.ply, .obj, .glb; metres, world frame)."""
+    from . import mesh as stage
+    from .artifacts import WorkdirLock
+
+    cfg = _build_config(config_path, formats=formats)
+    with WorkdirLock(workdir):
+        paths = stage.run(cfg.mesh, workdir, force=force)
+    for p in paths:
+        click.echo(f"mesh: {p}")
+
+
+@cli.command(name="eval")
+@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--gt-mesh", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Ground-truth mesh in the capture's world frame, metres (PLY/OBJ/GLB).")
+@opt_config
+@opt_force
+@_guard
+def evaluate(workdir, gt_mesh, config_path, force):
+    """Evaluate WORKDIR/mesh.ply against --gt-mesh: Acc, Comp, Precision, Recall, F-score (culled and
+    unculled) and, when ground-truth depth exists, depth L1/RMSE/AbsRel/delta0.5 -> WORKDIR/eval.json."""
+    from . import evaluate as stage
+    from .artifacts import WorkdirLock
+
+    cfg = _build_config(config_path)
+    with WorkdirLock(workdir):
+        path = stage.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
+    click.echo(f"eval: {path}")
+    click.echo(json.dumps(json.loads(Path(path).read_text()), indent=2))
+
+
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=Path))
+@opt_workdir
+@click.option("--gt-mesh", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Ground-truth mesh in the capture's world frame, metres.")
+@click.option("--depth-models", default="lidar,guided,promptda-vits", show_default=True,
+              help="Comma-separated depth models to compare on the same capture.")
+@opt_config
+@opt_frames
+@opt_voxel
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default: auto]")
+@opt_force
+@_guard
+def compare(capture, workdir, gt_mesh, depth_models, config_path, stride, max_frames, no_blur_select, voxel_size_m,
+            device, force):
+    """Run several depth models through depth -> fuse -> mesh -> eval on one capture and write
+    compare.json, compare.md and figures (depth/error maps, F-score vs threshold, top-down error views)."""
+    from . import compare as stage
+
+    models = [m.strip() for m in depth_models.split(",") if m.strip()]
+    bad = [m for m in models if m not in DEPTH_MODELS or m == "auto"]
+    if bad or not models:
+        raise PromptmeshError(f"--depth-models: unknown {bad or 'empty list'}; choose from {list(DEPTH_MODELS[1:])}")
+    cfg = _build_config(config_path, stride, max_frames, no_blur_select, device=device, voxel_size_m=voxel_size_m)
+    path = stage.run(cfg, capture, workdir, gt_mesh=gt_mesh, models=models, force=force)
+    click.echo(f"compare: {path}")
+
+
+compare.help += "\n\n" + CAPTURE_HELP
+
+
+@cli.command()
+@click.argument("capture", type=click.Path(path_type=Path))
+@_guard
+def info(capture):
+    """Describe CAPTURE: format, frame count, sizes, duration, trajectory length, depth range."""
+    from .info import describe
+
+    click.echo(describe(capture))
+
+
+info.help += "\n\n" + CAPTURE_HELP
+
+
+def main() -> None:
+    cli(prog_name="promptmesh")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Typed, frozen configuration per stage, loaded from TOML (configs/default.toml) with tomllib.
+
+A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval]); a key that is not
+a field of that stage's dataclass is an error naming the file and the key. CLI options override
+single fields (`dataclasses.replace`). Every field states its unit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, get_args, get_type_hints
+
+from .errors import PromptmeshError
+
+DEPTH_MODELS = ("auto", "lidar", "guided", "promptda-vits", "promptda-vits-transparent", "promptda-vitl")
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    stride: int = 1
+    """Window length in frames: one frame is kept per window of `stride` consecutive frames."""
+    max_frames: int = 0
+    """Keep at most this many frames (0 = no limit)."""
+    blur_select: bool = True
+    """Keep the sharpest frame (variance of the Laplacian) of each window instead of the first, and drop
+    frames far blurrier than their neighbours (see blur_ratio)."""
+    blur_ratio: float = 0.25
+    """Drop a kept frame whose sharpness is below this fraction of the running median sharpness."""
+    blur_history: int = 15
+    """Number of recent frames in the running median for blur rejection."""
+    jpeg_quality: int = 95
+    """Quality (0-100) for RGB frames that have to be encoded (video sources); JPEG sources are copied."""
+
+
+@dataclass(frozen=True)
+class DepthConfig:
+    model: str = "auto"
+    """One of auto, lidar, guided, promptda-vits, promptda-vits-transparent, promptda-vitl. auto = PromptDA
+    (vits) when its weights are available offline, else guided."""
+    weights: str = ""
+    """PromptDA checkpoint: a local model.ckpt, a folder holding it, or a Hugging Face repo id ('' = the
+    official repo of the model, from the local Hugging Face cache)."""
+    device: Device = "auto"
+    """auto = cuda, then mps, then cpu."""
+    long_side_px: int = 1008
+    """Long side of the output depth maps, pixels (at most the RGB long side; 3840 for 4K)."""
+    batch_size: int = 1
+    """Frames per forward pass (PromptDA)."""
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    """PromptDA arithmetic: auto = fp16 autocast on CUDA, fp32 elsewhere."""
+    fill_prompt_holes: bool = True
+    """Fill LiDAR pixels with no return (0) from their nearest valid neighbour before prompting PromptDA
+    (the official code lets the zeros set the prompt minimum, which stretches the output range)."""
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    voxel_size_m: float = 0.01
+    """TSDF voxel edge, metres."""
+    sdf_trunc_voxels: float = 4.0
+    """Truncation distance, in voxels."""
+    depth_min_m: float = 0.1
+    """Depth below this is ignored, metres."""
+    depth_max_m: float = 5.0
+    """Depth beyond this is ignored, metres (Open3D's own default is 3 m)."""
+    min_confidence: int = 1
+    """Drop depth pixels whose LiDAR confidence (0/1/2, resized nearest) is below this; 0 keeps all."""
+    device: Device = "auto"
+    """auto = CUDA when Open3D has it, else CPU."""
+    block_resolution: int = 8
+    """Voxels per block edge in Open3D's VoxelBlockGrid."""
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    formats: tuple[str, ...] = ("ply",)
+    """Export formats among ply, obj, glb (mesh.<ext> in the work directory)."""
+    weight_threshold: float = 1.0
+    """Minimum integration weight (number of observations) for a voxel to produce surface."""
+    min_component_triangles: int = 200
+    """Drop connected pieces with fewer triangles than this (floaters); 0 keeps all."""
+    target_triangles: int = 0
+    """Decimate to about this many triangles (quadric); 0 = no decimation."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    threshold_m: float = 0.05
+    """Distance under which a point counts as correct (strict <), metres."""
+    downsample_m: float = 0.02
+    """Voxel size for downsampling both point sets before measuring, metres."""
+    sample_spacing_m: float = 0.005
+    """Target spacing of points sampled on each mesh surface before downsampling, metres."""
+    cull_tolerance_m: float = 0.05
+    """A GT point is seen by a camera if its depth is within this of the GT depth rendered there, metres."""
+    cull_stride: int = 1
+    """Use every n-th frame's camera for visibility culling."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    depth: DepthConfig = field(default_factory=DepthConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _coerce(path: Path, section: str, key: str, value: Any, typ: Any) -> Any:
+    """Check a TOML value against a field type; lists become tuples."""
+    origin = getattr(typ, "__origin__", None)
+    where = f"{path}: [{section}] {key}"
+    if origin is Literal:
+        if value not in get_args(typ):
+            raise PromptmeshError(f"{where} = {value!r}: expected one of {list(get_args(typ))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PromptmeshError(f"{where}: expected a list of strings")
+        return tuple(value)
+    base = {"int": int, "float": float, "bool": bool, "str": str}.get(getattr(typ, "__name__", ""), None)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is not None and (not isinstance(value, base) or (base is int and isinstance(value, bool))):
+        raise PromptmeshError(f"{where} = {value!r}: expected {base.__name__}")
+    return value
+
+
+def load_config(path: Optional[Path] = None) -> PipelineConfig:
+    """Defaults, updated from a TOML file if given. Unknown sections/keys and wrong types are errors."""
+    cfg = PipelineConfig()
+    if path is None:
+        return cfg
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PromptmeshError(f"{path}: config file not found; pass an existing --config FILE.toml") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PromptmeshError(f"{path}: invalid TOML ({e}); fix the file") from None
+    sections = {}
+    for section, values in data.items():
+        if section not in {f.name for f in dataclasses.fields(PipelineConfig)}:
+            raise PromptmeshError(f"{path}: unknown section [{section}]; expected one of "
+                                  f"{[f.name for f in dataclasses.fields(PipelineConfig)]}")
+        sub = getattr(cfg, section)
+        hints = get_type_hints(type(sub))
+        updates = {}
+        for key, value in values.items():
+            if key not in hints:
+                raise PromptmeshError(f"{path}: unknown key '{key}' in [{section}]; known keys: {sorted(hints)}")
+            updates[key] = _coerce(path, section, key, value, hints[key])
+        sections[section] = dataclasses.replace(sub, **updates)
+    cfg = dataclasses.replace(cfg, **sections)
+    validate(cfg, path)
+    return cfg
+
+
+def validate(cfg: PipelineConfig, source: Any = "options") -> None:
+    """Range checks that a type cannot express."""
+    checks = [
+        (cfg.ingest.stride >= 1, "ingest.stride must be >= 1"),
+        (cfg.ingest.max_frames >= 0, "ingest.max_frames must be >= 0 (0 = no limit)"),
+        (cfg.depth.model in DEPTH_MODELS, f"depth.model must be one of {list(DEPTH_MODELS)}"),
+        (cfg.depth.long_side_px >= 14, "depth.long_side_px must be >= 14"),
+        (cfg.depth.batch_size >= 1, "depth.batch_size must be >= 1"),
+        (0 < cfg.fuse.voxel_size_m <= 0.5, "fuse.voxel_size_m must be in (0, 0.5] metres"),
+        (cfg.fuse.sdf_trunc_voxels >= 1, "fuse.sdf_trunc_voxels must be >= 1"),
+        (0 <= cfg.fuse.depth_min_m < cfg.fuse.depth_max_m, "need 0 <= fuse.depth_min_m < fuse.depth_max_m"),
+        (cfg.fuse.min_confidence in (0, 1, 2), "fuse.min_confidence must be 0, 1 or 2"),
+        (all(f in ("ply", "obj", "glb") for f in cfg.mesh.formats) and cfg.mesh.formats,
+         "mesh.formats must list some of ply, obj, glb"),
+        (cfg.eval.threshold_m > 0 and cfg.eval.downsample_m > 0, "eval thresholds must be > 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise PromptmeshError(f"{source}: {msg}")
+
+
+def override(cfg: PipelineConfig, section: str, **values: Any) -> PipelineConfig:
+    """Return `cfg` with fields of one section replaced; None values are ignored (option not given)."""
+    values = {k: v for k, v in values.items() if v is not None}
+    if not values:
+        return cfg
+    new = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)})
+    validate(new)
+    return new

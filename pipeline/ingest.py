@@ -1,0 +1,251 @@
+"""Stage 1, ingest: any supported capture -> the normalised capture in WORKDIR/capture/ (CONTRACTS §2).
+
+Frames stream from the reader one at a time (memory does not grow with capture length); RGB JPEGs are
+copied byte for byte when the source has them, video frames are encoded once. Encoding and writing
+run on a small bounded thread pool so that decoding the next frame overlaps them.
+
+Frame selection: one frame per window of `stride` frames; with `blur_select` the sharpest (variance of
+the Laplacian) instead of the first, and a kept frame far blurrier than the running median is dropped.
+A frame whose data is unreadable or whose pose is not a finite rigid transform is skipped with a
+warning naming its file, and counted in the summary.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .artifacts import (Manifest, atomic_write_bytes, fingerprint, is_current, remove_tree, source_fingerprint,
+                        write_png_atomic)
+from .capture import CaptureSource, FrameRow, SourceFrame, write_frames_table
+from .config import IngestConfig
+from .errors import PromptmeshError
+from .geometry import is_valid_pose
+from .readers import open_capture
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+MAX_DEPTH_MM = 65535
+
+
+def capture_dir(workdir: Path) -> Path:
+    return Path(workdir) / "capture"
+
+
+def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
+    """Variance of the Laplacian of the (downscaled) grey image: higher = sharper."""
+    g = rgb_or_gray if rgb_or_gray.ndim == 2 else cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2GRAY)
+    s = long_side_px / max(g.shape)
+    if s < 1:
+        g = cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+    return float(cv2.Laplacian(g, cv2.CV_32F).var())
+
+
+def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
+    """float metres (0/NaN/inf/negative = invalid) -> uint16 millimetres (0 = invalid, clipped at 65.535 m)."""
+    d = np.nan_to_num(np.asarray(depth_m, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    mm = np.rint(d * 1000.0)
+    mm[(mm < 0) | (mm > MAX_DEPTH_MM)] = 0
+    return mm.astype(np.uint16)
+
+
+@dataclass
+class _Candidate:
+    frame: SourceFrame
+    sharpness: float
+    rgb: Optional[np.ndarray]
+    """Decoded RGB kept only when the frame has no JPEG to copy."""
+
+
+@dataclass
+class IngestSummary:
+    listed: int = 0
+    kept: int = 0
+    skipped_bad: list[str] = field(default_factory=list)
+    dropped_blurry: int = 0
+    not_selected: int = 0
+
+    def line(self) -> str:
+        return (f"{self.kept} frames kept of {self.listed} listed; {len(self.skipped_bad)} bad frames skipped, "
+                f"{self.dropped_blurry} dropped as blurry, {self.not_selected} not selected (stride/limit)")
+
+
+def _select(frames: Iterator[SourceFrame], cfg: IngestConfig, summary: IngestSummary,
+            warn) -> Iterator[_Candidate]:
+    """Stride windows, sharpest-of-window, blur rejection, max_frames; skips unreadable frames."""
+    history: deque[float] = deque(maxlen=cfg.blur_history)
+    window: list[_Candidate] = []
+    emitted = 0
+
+    def best_of(window: list[_Candidate]) -> Optional[_Candidate]:
+        if not window:
+            return None
+        best = max(window, key=lambda c: c.sharpness) if cfg.blur_select else window[0]
+        summary.not_selected += len(window) - 1
+        median = float(np.median(history)) if len(history) >= 3 else 0.0
+        if cfg.blur_select and best.sharpness < cfg.blur_ratio * median:
+            summary.dropped_blurry += 1
+            return None
+        return best
+
+    position = 0
+    for frame in frames:
+        position += 1
+        if cfg.max_frames and emitted >= cfg.max_frames:
+            summary.not_selected += 1
+            continue
+        if not is_valid_pose(frame.camera_to_world):
+            warn(f"{frame.source_name or frame.frame_index}: pose is not a finite rigid transform; frame skipped")
+            continue
+        try:
+            if frame.rgb_jpeg_path is not None:
+                gray = cv2.imread(str(frame.rgb_jpeg_path), cv2.IMREAD_REDUCED_GRAYSCALE_4)
+                if gray is None:
+                    raise PromptmeshError(f"{frame.rgb_jpeg_path}: unreadable JPEG")
+                rgb = None
+            else:
+                rgb = frame.load_rgb()
+                gray = rgb
+            s = sharpness(gray) if cfg.blur_select else 0.0
+        except PromptmeshError as e:
+            warn(f"{e}; frame skipped")
+            continue
+        history.append(s)
+        window.append(_Candidate(frame, s, rgb))
+        if len(window) == cfg.stride:
+            best = best_of(window)
+            window = []
+            if best is not None:
+                emitted += 1
+                yield best
+    if window and not (cfg.max_frames and emitted >= cfg.max_frames):
+        best = best_of(window)
+        if best is not None:
+            yield best
+
+
+def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_quality: int,
+                 gt_depth) -> FrameRow:
+    """Write one frame's files atomically; raise PromptmeshError if its data is bad."""
+    f = cand.frame
+    stem = f"{f.frame_index:06d}"
+    W, H = source.rgb_size
+    depth_m = f.load_depth_m()
+    if depth_m.ndim != 2 or depth_m.shape[::-1] != tuple(source.lidar_size):
+        raise PromptmeshError(f"{f.source_name}: depth is {depth_m.shape[::-1]} (w,h), the capture's LiDAR size "
+                              f"is {tuple(source.lidar_size)}")
+    conf = f.load_confidence() if f.load_confidence is not None else None
+    if conf is not None and conf.shape != depth_m.shape:
+        raise PromptmeshError(f"{f.source_name}: confidence map {conf.shape} differs from depth {depth_m.shape}")
+    rgb_rel = f"rgb/{stem}.jpg"
+    if f.rgb_jpeg_path is not None:
+        data = Path(f.rgb_jpeg_path).read_bytes()
+        head = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+        if head is None:
+            raise PromptmeshError(f"{f.rgb_jpeg_path}: unreadable JPEG")
+        atomic_write_bytes(out / rgb_rel, data)
+    else:
+        rgb = cand.rgb if cand.rgb is not None else f.load_rgb()
+        if rgb.shape[:2] != (H, W):
+            raise PromptmeshError(f"{f.source_name}: RGB is {rgb.shape[1]}x{rgb.shape[0]}, expected {W}x{H}")
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        if not ok:
+            raise RuntimeError(f"JPEG encoding failed for frame {f.frame_index}")
+        atomic_write_bytes(out / rgb_rel, buf.tobytes())
+    lidar_rel = f"lidar/{stem}.png"
+    write_png_atomic(out / lidar_rel, depth_m_to_mm(depth_m))
+    conf_rel = None
+    if conf is not None:
+        conf_rel = f"confidence/{stem}.png"
+        write_png_atomic(out / conf_rel, np.clip(conf, 0, 2).astype(np.uint8))
+    if gt_depth is not None:
+        gt = gt_depth(f.frame_index)
+        if gt is not None:
+            write_png_atomic(out / f"gt_depth/{stem}.png", depth_m_to_mm(gt))
+    K = f.K_rgb
+    return FrameRow(
+        frame_index=int(f.frame_index), timestamp_s=float(f.timestamp_s), rgb_path=rgb_rel, lidar_path=lidar_rel,
+        confidence_path=conf_rel, width=int(W), height=int(H), lidar_width=int(source.lidar_size[0]),
+        lidar_height=int(source.lidar_size[1]), fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]),
+        cy=float(K[1, 2]), camera_to_world=[float(v) for v in np.asarray(f.camera_to_world).reshape(-1)],
+    )
+
+
+def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = False) -> Path:
+    """Ingest `capture_path` into WORKDIR/capture/; returns the path of frames.parquet."""
+    capture_path = Path(capture_path)
+    if not capture_path.exists():
+        raise PromptmeshError(f"{capture_path}: no such file or folder; pass the capture folder or .r3d file")
+    out = capture_dir(workdir)
+    stamp = fingerprint(STAGE, {"cfg": cfg, "source": str(capture_path.resolve()),
+                                "files": source_fingerprint(capture_path)})
+    done = is_current(out, stamp)
+    if done and not force:
+        log.info("ingest: up to date (%s, %d frames)", out, done.summary.get("kept", 0))
+        return out / "frames.parquet"
+
+    source = open_capture(capture_path)
+    log.info("ingest: %s capture %s, %d frames listed, RGB %dx%d, LiDAR %dx%d (stride %d, max %s, blur select %s)",
+             source.format, capture_path, source.n_frames, *source.rgb_size, *source.lidar_size, cfg.stride,
+             cfg.max_frames or "all", cfg.blur_select)
+    t0 = time.perf_counter()
+    remove_tree(out)  # stale artifacts of other settings must not survive
+    out.mkdir(parents=True)
+    summary = IngestSummary(listed=source.n_frames)
+
+    def warn(msg: str) -> None:
+        summary.skipped_bad.append(msg)
+        log.warning("ingest: %s", msg)
+
+    for msg in source.skipped:
+        warn(msg)
+    rows: list[FrameRow] = []
+    pending: deque[tuple[_Candidate, Future]] = deque()
+
+    def drain(limit: int) -> None:
+        while len(pending) > limit:
+            cand, fut = pending.popleft()
+            try:
+                rows.append(fut.result())
+            except PromptmeshError as e:
+                warn(f"{e}; frame skipped")
+
+    bar = tqdm(total=source.n_frames, desc="ingest", unit="frame", disable=None, leave=False)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        frames = source.frames()
+        counted = _count_progress(frames, bar)
+        for cand in _select(counted, cfg, summary, warn):
+            pending.append((cand, pool.submit(_write_frame, cand, out, source, cfg.jpeg_quality, source.gt_depth)))
+            drain(4)  # bounded: at most a few decoded frames in flight
+        drain(0)
+    bar.close()
+    summary.kept = len(rows)
+    if not rows:
+        raise PromptmeshError(f"{capture_path}: no usable frames ({summary.line()}); check the capture")
+    rows.sort(key=lambda r: r.frame_index)
+    table = write_frames_table(out / "frames.parquet", rows)
+    seconds = time.perf_counter() - t0
+    Manifest(STAGE, stamp, outputs=["frames.parquet"], settings={"format": source.format, "cfg": cfg.__dict__},
+             summary={"format": source.format, "listed": summary.listed, "kept": summary.kept,
+                      "skipped_bad": len(summary.skipped_bad), "dropped_blurry": summary.dropped_blurry,
+                      "not_selected": summary.not_selected, "seconds": round(seconds, 3),
+                      "warnings": summary.skipped_bad[:50]}).write(out)
+    log.info("ingest: %s in %.1f s -> %s", summary.line(), seconds, out)
+    return table
+
+
+def _count_progress(frames: Iterator[SourceFrame], bar: tqdm) -> Iterator[SourceFrame]:
+    for f in frames:
+        bar.update(1)
+        yield f
+
