@@ -1,0 +1,82 @@
+"""`promptmesh run`: every stage in order, each skipped when up to date, with a per-stage time breakdown.
+
+A second identical run does no work; a changed setting reruns that stage and the ones after it (each
+stage's manifest fingerprint includes its upstream's). Timings go to WORKDIR/timings.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from . import depth, evaluate, fuse, ingest, mesh
+from .artifacts import WorkdirLock, atomic_write_json
+from .config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    workdir: Path
+    depth_model: str
+    mesh_paths: list[Path]
+    eval_path: Optional[Path] = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> str:
+        """What a person wants at the end: where things are, the scores, where the time went."""
+        lines = [f"depth model: {self.depth_model}"]
+        lines += [f"mesh:        {p}" for p in self.mesh_paths]
+        if self.eval_path is not None:
+            ev = json.loads(Path(self.eval_path).read_text())
+            lines.append(f"report:      {self.eval_path}")
+            for kind in ("culled", "unculled"):
+                m = ev[kind]
+                lines.append(f"  {kind:8s} F@{ev['threshold_m'] * 100:.0f}cm {m['fscore']:.3f}  precision "
+                             f"{m['precision']:.3f}  recall {m['recall']:.3f}  acc {m['accuracy_m'] * 100:.2f} cm  "
+                             f"comp {m['completeness_m'] * 100:.2f} cm")
+            if "depth" in ev:
+                d = ev["depth"]
+                lines.append(f"  depth    L1 {d['l1_m'] * 100:.2f} cm  RMSE {d['rmse_m'] * 100:.2f} cm  "
+                             f"AbsRel {d['absrel']:.4f}  delta0.5 {d['delta_0.5']:.3f}")
+        total = sum(self.timings_s.values())
+        lines.append(f"timings:     {self.workdir / 'timings.json'} (total {total:.1f} s)")
+        lines += [f"  {stage:7s} {sec:8.2f} s" for stage, sec in self.timings_s.items()]
+        return "\n".join(lines)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    t0 = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - t0, 3)
+
+
+def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Path] = None,
+        force: bool = False) -> RunResult:
+    """ingest -> depth -> fuse -> mesh (-> eval with `gt_mesh`) in `workdir`, under the workdir lock."""
+    workdir = Path(workdir)
+    timings: dict[str, float] = {}
+    with WorkdirLock(workdir):
+        with _timed(timings, "ingest"):
+            ingest.run(cfg.ingest, capture, workdir, force=force)
+        model = depth.resolve_model_name(cfg.depth)
+        cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
+        with _timed(timings, "depth"):
+            depth.run(cfg.depth, workdir, force=force)
+        with _timed(timings, "fuse"):
+            fuse.run(cfg.fuse, workdir, depth_model=model, force=force)
+        with _timed(timings, "mesh"):
+            mesh_paths = mesh.run(cfg.mesh, workdir, force=force)
+        eval_path = None
+        if gt_mesh is not None:
+            with _timed(timings, "eval"):
+                eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
+        atomic_write_json(workdir / "timings.json", {"depth_model": model, "seconds": timings})
+    return RunResult(workdir, model, list(mesh_paths), eval_path, timings)
