@@ -1,0 +1,185 @@
+"""Pure reconstruction and depth metrics: arrays in, numbers out (no I/O, no logging).
+
+Mesh metrics follow the Atlas / NeuralRecon convention (CONTRACTS §3): both surfaces are given as
+point sets (sampled, then voxel-downsampled); for each point the Euclidean distance to the nearest
+point of the other set is taken.
+
+- accuracy_m     = mean distance predicted -> GT (how far reconstructed surface lies from the truth)
+- completeness_m = mean distance GT -> predicted (how much of the truth is covered)
+- precision      = share of predicted points with distance < threshold (strict <)
+- recall         = share of GT points with distance < threshold (strict <)
+- fscore         = 2 P R / (P + R), 0 when P + R = 0
+
+Depth metrics compare a predicted depth map with a GT depth map on the pixels where GT is valid
+(gt > 0). A prediction that is invalid there (pred <= 0 or not finite) is *not* excluded: it counts as
+pred = 0 (error = gt, relative error 1, never within the delta ratio). Excluding such pixels would
+reward a model for dropping hard pixels.
+
+All distances are metres; points are (N, 3) float arrays in one common frame.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+DELTA_0_5 = 1.25 ** 0.5
+"""Ratio bound of the delta_0.5 depth accuracy (PromptDA's tightest delta)."""
+
+
+# --------------------------------------------------------------------------- point sets
+def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing_m: float, seed: int = 0) -> np.ndarray:
+    """Uniform random points on a triangle mesh, about one per `spacing_m`**2 of area.
+
+    Triangles are drawn with probability proportional to their area, points uniformly inside each
+    (square-root barycentric trick). Deterministic for a given seed.
+
+    Args:
+        vertices: (V,3) vertex positions, metres.
+        triangles: (T,3) vertex indices.
+        spacing_m: target mean spacing; the count is ceil(total area / spacing_m**2), at least 1.
+    Returns:
+        (N,3) float64 points.
+    """
+    v = np.asarray(vertices, np.float64)
+    tri = v[np.asarray(triangles, np.int64)]  # (T,3,3)
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    total = float(area.sum())
+    if not total > 0:
+        raise ValueError(f"mesh has no area ({len(tri)} triangles)")
+    n = max(1, int(np.ceil(total / spacing_m**2)))
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(tri), size=n, p=area / total)
+    r1 = np.sqrt(rng.random(n))[:, None]
+    r2 = rng.random(n)[:, None]
+    a, b, c = tri[pick, 0], tri[pick, 1], tri[pick, 2]
+    return (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c
+
+
+def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:
+    """One point per occupied voxel of edge `voxel_m`: the centroid of the points in it.
+
+    Voxels are the cells [i*voxel_m, (i+1)*voxel_m) of a grid anchored at the origin; the output is
+    ordered by voxel index (lexicographic), so it does not depend on the input order.
+    (N,3) -> (M,3) float64, M <= N.
+    """
+    p = np.asarray(points, np.float64).reshape(-1, 3)
+    if len(p) == 0:
+        return p
+    keys = np.floor(p / voxel_m).astype(np.int64)
+    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    sums = np.zeros((len(counts), 3))
+    np.add.at(sums, inverse, p)
+    return sums / counts[:, None]
+
+
+def point_distances(pred_points: np.ndarray, gt_points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour distances both ways: ((N,) pred -> GT, (M,) GT -> pred), metres."""
+    pred = np.asarray(pred_points, np.float64).reshape(-1, 3)
+    gt = np.asarray(gt_points, np.float64).reshape(-1, 3)
+    if len(pred) == 0 or len(gt) == 0:
+        raise ValueError(f"need points on both sides (pred {len(pred)}, gt {len(gt)})")
+    d_pred_to_gt, _ = cKDTree(gt).query(pred, k=1)
+    d_gt_to_pred, _ = cKDTree(pred).query(gt, k=1)
+    return d_pred_to_gt, d_gt_to_pred
+
+
+def fscore(precision: float, recall: float) -> float:
+    """Harmonic mean 2PR/(P+R); 0 when P + R = 0."""
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def metrics_from_distances(d_pred_to_gt: np.ndarray, d_gt_to_pred: np.ndarray, threshold_m: float) -> dict:
+    """Accuracy, completeness, precision, recall, F-score from the two distance arrays (see module doc)."""
+    precision = float(np.mean(d_pred_to_gt < threshold_m))
+    recall = float(np.mean(d_gt_to_pred < threshold_m))
+    return {
+        "accuracy_m": float(np.mean(d_pred_to_gt)),
+        "completeness_m": float(np.mean(d_gt_to_pred)),
+        "precision": precision,
+        "recall": recall,
+        "fscore": fscore(precision, recall),
+    }
+
+
+def mesh_metrics(pred_points: np.ndarray, gt_points: np.ndarray, threshold_m: float) -> dict:
+    """Atlas-style metrics between predicted (N,3) and GT (M,3) points.
+
+    Returns dict(accuracy_m, completeness_m, precision, recall, fscore). Both sets must be non-empty.
+    """
+    return metrics_from_distances(*point_distances(pred_points, gt_points), threshold_m)
+
+
+def fscore_curve(d_pred_to_gt: np.ndarray, d_gt_to_pred: np.ndarray, thresholds: np.ndarray) -> dict:
+    """Precision, recall and F-score at each threshold (strict <): dict of lists, same length as thresholds."""
+    thresholds = np.asarray(thresholds, np.float64)
+    p = (np.asarray(d_pred_to_gt)[None, :] < thresholds[:, None]).mean(axis=1)
+    r = (np.asarray(d_gt_to_pred)[None, :] < thresholds[:, None]).mean(axis=1)
+    return {
+        "thresholds_m": thresholds.tolist(),
+        "precision": p.tolist(),
+        "recall": r.tolist(),
+        "fscore": [fscore(float(a), float(b)) for a, b in zip(p, r)],
+    }
+
+
+# --------------------------------------------------------------------------- depth maps
+@dataclass
+class DepthErrorSums:
+    """Running sums for depth metrics pooled over all valid GT pixels of many frames.
+
+    Pooling is per pixel (a frame with more valid pixels weighs more), exactly as if all frames'
+    pixels were concatenated.
+    """
+
+    n_pixels: int = 0
+    abs_sum: float = 0.0
+    sq_sum: float = 0.0
+    absrel_sum: float = 0.0
+    delta_count: int = 0
+    pred_valid: int = 0
+    """Valid GT pixels where the prediction is valid too (pred > 0)."""
+
+    def add(self, pred_m: np.ndarray, gt_m: np.ndarray) -> "DepthErrorSums":
+        """Accumulate one frame: pred and GT (H,W) depth in metres, same shape, GT 0 = invalid."""
+        pred = np.asarray(pred_m, np.float64)
+        gt = np.asarray(gt_m, np.float64)
+        if pred.shape != gt.shape:
+            raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
+        valid = np.isfinite(gt) & (gt > 0)
+        g = gt[valid]
+        p = pred[valid]
+        p = np.where(np.isfinite(p) & (p > 0), p, 0.0)  # invalid prediction = 0 (counts as an error)
+        err = np.abs(p - g)
+        ok = p > 0
+        ratio = np.full(g.shape, np.inf)  # an invalid prediction is never within the ratio bound
+        ratio[ok] = np.maximum(p[ok] / g[ok], g[ok] / p[ok])
+        self.n_pixels += int(g.size)
+        self.abs_sum += float(err.sum())
+        self.sq_sum += float((err**2).sum())
+        self.absrel_sum += float((err / g).sum())
+        self.delta_count += int((ratio < DELTA_0_5).sum())
+        self.pred_valid += int(ok.sum())
+        return self
+
+    def metrics(self) -> dict:
+        """dict(l1_m, rmse_m, absrel, delta_0.5) over all accumulated pixels; ValueError when there are none."""
+        if self.n_pixels == 0:
+            raise ValueError("no valid GT depth pixels")
+        n = self.n_pixels
+        return {
+            "l1_m": self.abs_sum / n,
+            "rmse_m": float(np.sqrt(self.sq_sum / n)),
+            "absrel": self.absrel_sum / n,
+            "delta_0.5": self.delta_count / n,
+        }
+
+
+def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray) -> dict:
+    """L1, RMSE (metres), AbsRel and delta_0.5 of one depth map on the valid GT pixels (gt > 0).
+
+    pred_m, gt_m: (H,W) depth in metres, same shape. Invalid predictions count as 0 (module doc).
+    """
+    return DepthErrorSums().add(pred_m, gt_m).metrics()
