@@ -1,0 +1,124 @@
+"""File helpers shared by the capture readers: decode one frame's files, or raise PromptmeshError naming the file.
+
+Every loader here turns "missing", "truncated" and "wrong kind of image" into a one-line PromptmeshError
+that names the file, so that ingest can warn, skip the frame and count it. Header readers (`png_size`,
+`jpeg_size`) look at a few bytes only, so a reader can learn image sizes without decoding.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import PromptmeshError
+from ..geometry import pose_from_quaternion_translation
+
+JPEG_EOI = b"\xff\xd9"
+
+
+def read_bytes(path: Path, what: str = "file") -> bytes:
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise PromptmeshError(f"{path}: {what} missing; re-export the capture or delete this frame") from None
+    except OSError as e:
+        raise PromptmeshError(f"{path}: cannot read {what} ({e.strerror}); check the file") from None
+
+
+def load_json(path: Path, what: str = "metadata") -> Any:
+    """Parse a JSON file; PromptmeshError naming it when missing or malformed."""
+    data = read_bytes(path, what)
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PromptmeshError(f"{path}: unreadable {what} JSON ({e}); re-export the capture") from None
+
+
+def decode_png(data: bytes, name: str, dtype: type) -> np.ndarray:
+    """PNG bytes -> (h, w) array of `dtype` (uint16 depth or uint8 confidence), as stored."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    if img is None:
+        raise PromptmeshError(f"{name}: unreadable or truncated PNG; re-export the capture or delete this frame")
+    if img.ndim != 2 or img.dtype != dtype:
+        raise PromptmeshError(f"{name}: expected a one-channel {np.dtype(dtype).name} PNG, got {img.dtype} with "
+                              f"shape {img.shape}")
+    return img
+
+
+def read_depth_png_m(path: Path) -> np.ndarray:
+    """uint16 millimetre PNG (0 = no measurement) -> (h, w) float32 metres."""
+    mm = decode_png(read_bytes(path, "depth PNG"), str(path), np.uint16)
+    return mm.astype(np.float32) / np.float32(1000.0)  # millimetres -> metres; 0 stays 0
+
+
+def read_uint8_png(path: Path, what: str = "confidence PNG") -> np.ndarray:
+    """8-bit one-channel PNG (ARKit confidence 0/1/2) -> (h, w) uint8."""
+    return decode_png(read_bytes(path, what), str(path), np.uint8)
+
+
+def decode_jpeg_rgb(data: bytes, name: str) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 RGB. A file cut short (no end-of-image marker) is an error."""
+    # libjpeg decodes a truncated file into a grey-padded image without failing: check the EOI marker
+    # (encoders may pad a few zero bytes after it).
+    if JPEG_EOI not in data[-64:]:
+        raise PromptmeshError(f"{name}: truncated JPEG (no end-of-image marker); re-export the capture or delete "
+                              "this frame")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise PromptmeshError(f"{name}: unreadable JPEG; re-export the capture or delete this frame")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
+
+
+def read_jpeg_rgb(path: Path) -> np.ndarray:
+    return decode_jpeg_rgb(read_bytes(path, "RGB JPEG"), str(path))
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(w, h) from a PNG's IHDR chunk (first 24 bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise PromptmeshError(f"{path}: not a PNG file; re-export the capture")
+    w, h = struct.unpack(">II", head[16:24])
+    return int(w), int(h)
+
+
+def jpeg_size(path: Path) -> tuple[int, int]:
+    """(W, H) from a JPEG's start-of-frame marker, reading only the headers before it."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            raise PromptmeshError(f"{path}: not a JPEG file; re-export the capture")
+        while True:
+            marker = f.read(2)
+            if len(marker) < 2 or marker[0] != 0xFF:
+                break
+            (length,) = struct.unpack(">H", f.read(2) or b"\0\0")
+            # SOF0..SOF15 carry the size; C4 (DHT), C8 (JPG) and CC (DAC) share the range but do not.
+            if 0xC0 <= marker[1] <= 0xCF and marker[1] not in (0xC4, 0xC8, 0xCC):
+                seg = f.read(5)
+                h, w = struct.unpack(">HH", seg[1:5])
+                return int(w), int(h)
+            f.seek(length - 2, 1)
+    raise PromptmeshError(f"{path}: JPEG without a frame header; re-export the capture")
+
+
+def pose_or_nan(q_xyzw: np.ndarray, t_xyz: np.ndarray) -> np.ndarray:
+    """(4,4) pose from a scalar-last quaternion and translation; all-NaN when the input is not finite or the
+    quaternion is zero. Readers leave such frames to ingest, which skips non-rigid poses with a warning."""
+    q = np.asarray(q_xyzw, np.float64)
+    t = np.asarray(t_xyz, np.float64)
+    if not (np.all(np.isfinite(q)) and np.all(np.isfinite(t))) or np.linalg.norm(q) < 1e-12:
+        return np.full((4, 4), np.nan)
+    return pose_from_quaternion_translation(q, t)
+
+
+def clean_depth_m(depth_m: np.ndarray) -> np.ndarray:
+    """float depth in metres with NaN/inf/negative for 'no measurement' -> float32 with 0 there."""
+    d = np.nan_to_num(np.asarray(depth_m, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    d[d < 0] = 0.0
+    return d
