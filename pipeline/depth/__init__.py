@@ -1,0 +1,270 @@
+"""Stage 2, depth: every ingested frame -> WORKDIR/depth/<model>/<stem>.png (CONTRACTS §2).
+
+Output: uint16 millimetres, 0 = invalid, named with the stem of the frame's RGB file, size
+`geometry.output_size(W, H, long_side_px)` (same aspect as RGB, so intrinsics scale by W'/W, H'/H).
+
+Models (`MODELS`, by name): `lidar` and `guided` (classical.py, no weights), and the PromptDA checkpoints
+(`promptda-*`, promptda_io.py). Every model offers
+
+    predict(rgb (H,W,3) uint8, lidar_depth_m (h,w) float32, confidence (h,w) uint8 | None, out_hw (H',W'))
+        -> (H',W') float32 metres, 0 = invalid
+
+plus `predict_batch` over lists of frames, `batch_size` and `settings` (what changes its output).
+`auto` picks promptda-vits when its weights are available offline, else guided (`resolve_model_name`).
+
+Caching and resuming: the stage is up to date when its manifest (written last) matches the fingerprint of
+model, settings (weights hash for PromptDA), output size and the ingest manifest. Before the first frame the
+fingerprint is written to depth/<model>/.fingerprint.json; each PNG is written atomically, so after an
+interruption a rerun with the same fingerprint keeps the frames already written and computes the rest, and
+a run with another fingerprint clears the folder first. Frames are read on a background thread a few frames
+ahead, so decoding overlaps compute.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ..artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, is_current, remove_tree,
+                         upstream_fingerprint, write_png_atomic)
+from ..capture import CaptureTable
+from ..config import DEPTH_MODELS, DepthConfig
+from ..errors import PromptmeshError
+from ..geometry import output_size
+from ..ingest import depth_m_to_mm
+from .classical import GuidedUpsampler, LidarResize, coverage
+
+log = logging.getLogger(__name__)
+
+STAGE = "depth"
+FINGERPRINT_FILE = ".fingerprint.json"
+"""Fingerprint the PNGs in depth/<model>/ were made with, written before the first frame."""
+WEIGHTS_HASH_CACHE = ".weights_sha256.json"
+"""In WORKDIR/depth/: sha256 of weights files keyed by path, size and mtime (hashing 1 GB takes seconds)."""
+AUTO_PROMPTDA = "promptda-vits"
+PREFETCH_FRAMES = 4
+
+
+class DepthModel(Protocol):
+    name: str
+    settings: dict
+    """Everything that changes the output (JSON-able); part of the stage fingerprint."""
+    batch_size: int
+    """Frames per `predict_batch` call."""
+
+    def predict(self, rgb: np.ndarray, lidar_depth_m: np.ndarray, confidence: Optional[np.ndarray],
+                out_hw: tuple[int, int]) -> np.ndarray:
+        """(H,W,3) uint8 RGB, (h,w) float32 metres (0 = none), (h,w) uint8 0/1/2 or None -> (H',W') float32
+        metres, 0 = invalid."""
+
+    def predict_batch(self, rgbs: Sequence[np.ndarray], lidar_depths_m: Sequence[np.ndarray],
+                      confidences: Sequence[Optional[np.ndarray]], out_hw: tuple[int, int]) -> list[np.ndarray]:
+        """`predict` over frames of the same size."""
+
+
+class PromptDADepth:
+    """A PromptDA checkpoint as a DepthModel. Weights are located (and hashed) at construction, loaded on
+    the first prediction, so an up-to-date stage never loads them."""
+
+    def __init__(self, name: str, cfg: DepthConfig, hash_cache: Path):
+        from . import promptda_io
+
+        self.name = name
+        self.cfg = cfg
+        self.weights_path = promptda_io.resolve_weights(name, cfg.weights or None)  # PromptmeshError: how to get
+        self.device = promptda_io.resolve_device(cfg.device)
+        self.batch_size = cfg.batch_size
+        self.settings = {"weights_sha256": cached_sha256(self.weights_path, hash_cache),
+                         "precision": cfg.precision, "device_type": self.device.type,
+                         "fill_prompt_holes": cfg.fill_prompt_holes}
+        self._predictor = None
+
+    def predict(self, rgb, lidar_depth_m, confidence, out_hw):
+        return self.predict_batch([rgb], [lidar_depth_m], [confidence], out_hw)[0]
+
+    def predict_batch(self, rgbs, lidar_depths_m, confidences, out_hw):
+        if self._predictor is None:
+            from . import promptda_io
+
+            model = promptda_io.load_promptda(self.name, self.weights_path, self.device)
+            self._predictor = promptda_io.PromptDAPredictor(model, self.device, self.cfg.long_side_px,
+                                                            self.cfg.precision, self.cfg.fill_prompt_holes)
+        return list(self._predictor.predict_batch(rgbs, lidar_depths_m, out_hw))
+
+
+MODELS: dict[str, Callable[[DepthConfig, Path], DepthModel]] = {
+    "lidar": lambda cfg, depth_dir: LidarResize(),
+    "guided": lambda cfg, depth_dir: GuidedUpsampler(),
+    **{name: (lambda cfg, depth_dir, name=name: PromptDADepth(name, cfg, depth_dir / WEIGHTS_HASH_CACHE))
+       for name in DEPTH_MODELS if name.startswith("promptda-")},
+}
+"""Depth model name -> factory(cfg, WORKDIR/depth) -> DepthModel (cheap: nothing heavy is loaded)."""
+
+
+def resolve_model_name(cfg: DepthConfig) -> str:
+    """cfg.model, with "auto" -> promptda-vits when its weights are available offline, else guided."""
+    if cfg.model != "auto":
+        return cfg.model
+    from . import promptda_io
+
+    path = promptda_io.weights_available(AUTO_PROMPTDA, cfg.weights or None)
+    if path is not None:
+        log.info("depth model auto: %s (weights %s)", AUTO_PROMPTDA, path)
+        return AUTO_PROMPTDA
+    where = cfg.weights or f"{promptda_io.MODELS[AUTO_PROMPTDA][1]} in the local Hugging Face cache"
+    log.info("depth model auto: no PromptDA weights found at %s; using guided", where)
+    return "guided"
+
+
+def cached_sha256(path: Path, cache_file: Path) -> str:
+    """sha256 of `path`, remembered in `cache_file` (JSON) by absolute path, size and mtime."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    try:
+        cache = json.loads(Path(cache_file).read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        log.info("depth: hashing weights %s", path)
+        cache[key] = file_sha256(path)
+        atomic_write_json(cache_file, cache)
+    return cache[key]
+
+
+def read_depth_m(path: Path) -> np.ndarray:
+    """uint16 millimetre PNG (0 = invalid) -> (h, w) float32 metres; PromptmeshError if unreadable."""
+    mm = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mm is None or mm.ndim != 2 or mm.dtype != np.uint16:
+        what = "unreadable" if mm is None else f"{mm.dtype} {mm.shape}, expected a single-channel uint16 PNG"
+        raise PromptmeshError(f"{path}: {what}; rerun `promptmesh ingest` (or delete the file's stage folder)")
+    return mm.astype(np.float32) / 1000.0
+
+
+@dataclass
+class _Frame:
+    stem: str
+    rgb: np.ndarray
+    """(H, W, 3) uint8 RGB."""
+    lidar_depth_m: np.ndarray
+    confidence: Optional[np.ndarray]
+
+
+def _load_frame(table: CaptureTable, i: int) -> _Frame:
+    rgb_path = table.root / table.rgb_path[i]
+    bgr = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise PromptmeshError(f"{rgb_path}: unreadable image; rerun `promptmesh ingest --force`")
+    W, H = int(table.width[i]), int(table.height[i])
+    if bgr.shape[:2] != (H, W):
+        raise PromptmeshError(f"{rgb_path}: image is {bgr.shape[1]}x{bgr.shape[0]}, frames.parquet says {W}x{H}; "
+                              "rerun `promptmesh ingest --force`")
+    lidar_path = table.root / table.lidar_path[i]
+    depth_m = read_depth_m(lidar_path)
+    confidence = None
+    if table.confidence_path[i]:
+        conf_path = table.root / table.confidence_path[i]
+        confidence = cv2.imread(str(conf_path), cv2.IMREAD_UNCHANGED)
+        if confidence is None or confidence.shape != depth_m.shape:
+            raise PromptmeshError(f"{conf_path}: unreadable or not the LiDAR size {depth_m.shape[::-1]}; "
+                                  "rerun `promptmesh ingest --force`")
+    return _Frame(table.stem(i), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth_m, confidence)
+
+
+def _prefetch(load: Callable[[int], _Frame], items: Iterable[int], ahead: int = PREFETCH_FRAMES) -> Iterator[_Frame]:
+    """Yield load(item) in order, loading up to `ahead` items in advance on background threads."""
+    items = iter(items)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="depth-read")
+    pending: deque[Future] = deque(pool.submit(load, i) for _, i in zip(range(ahead), items))
+    try:
+        while pending:
+            frame = pending.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield frame
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _batches(frames: Iterator[_Frame], size: int) -> Iterator[list[_Frame]]:
+    batch: list[_Frame] = []
+    for f in frames:
+        batch.append(f)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _start_or_resume(stage_dir: Path, stamp: str, settings: dict, force: bool) -> bool:
+    """Keep stage_dir's PNGs if they were made with `stamp` (returns True), else empty it and record `stamp`."""
+    marker = stage_dir / FINGERPRINT_FILE
+    try:
+        previous = json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == stamp and not force:
+        return True
+    remove_tree(stage_dir)
+    atomic_write_json(marker, {"fingerprint": stamp, "settings": settings})
+    return False
+
+
+def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
+    """Estimate depth for every frame of WORKDIR/capture into WORKDIR/depth/<model>/; returns that folder."""
+    workdir = Path(workdir)
+    name = resolve_model_name(cfg)
+    capture_dir = workdir / "capture"
+    upstream = upstream_fingerprint(capture_dir, "ingest")
+    stage_dir = workdir / "depth" / name
+    model = MODELS[name](cfg, workdir / "depth")
+    settings = {"model": name, "long_side_px": cfg.long_side_px, **model.settings}
+    stamp = fingerprint(STAGE, settings, [upstream])
+    done = is_current(stage_dir, stamp)
+    if done and not force:
+        log.info("depth: up to date (%s, %d frames)", stage_dir, len(done.outputs))
+        return stage_dir
+
+    table = CaptureTable.load(capture_dir)
+    W, H = table.rgb_size
+    out_w, out_h = output_size(W, H, cfg.long_side_px)
+    resumed = _start_or_resume(stage_dir, stamp, settings, force)
+    outputs = [f"{table.stem(i)}.png" for i in range(len(table))]
+    todo = [i for i, o in enumerate(outputs) if not (resumed and (stage_dir / o).exists())]
+    log.info("depth: model %s, %d frames (%d already done), RGB %dx%d -> depth %dx%d", name, len(table),
+             len(table) - len(todo), W, H, out_w, out_h)
+    t0 = time.perf_counter()
+    coverages = []
+    bar = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"depth {name}", unit="frame",
+               disable=None, leave=False)
+    with bar:
+        for batch in _batches(_prefetch(lambda i: _load_frame(table, i), todo), model.batch_size):
+            depths = model.predict_batch([f.rgb for f in batch], [f.lidar_depth_m for f in batch],
+                                         [f.confidence for f in batch], (out_h, out_w))
+            for frame, depth_m in zip(batch, depths):
+                assert depth_m.shape == (out_h, out_w), f"{name} returned {depth_m.shape}, expected {(out_h, out_w)}"
+                write_png_atomic(stage_dir / f"{frame.stem}.png", depth_m_to_mm(depth_m))
+                coverages.append(coverage(depth_m))
+                log.debug("depth: %s coverage %.3f", frame.stem, coverages[-1])
+            bar.update(len(batch))
+    seconds = time.perf_counter() - t0
+    summary = {"frames": len(table), "computed": len(todo), "reused": len(table) - len(todo),
+               "size_wh": [out_w, out_h], "seconds": round(seconds, 3),
+               "frames_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
+               "coverage_mean_computed": round(float(np.mean(coverages)), 4) if coverages else None}
+    Manifest(STAGE, stamp, outputs=outputs, settings=settings, summary=summary).write(stage_dir)
+    log.info("depth: %s wrote %d frames (%d reused) at %dx%d in %.1f s (%.2f frames/s), mean coverage %s -> %s",
+             name, len(todo), summary["reused"], out_w, out_h, seconds, summary["frames_per_s"] or 0.0,
+             summary["coverage_mean_computed"], stage_dir)
+    return stage_dir

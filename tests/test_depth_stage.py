@@ -1,0 +1,191 @@
+"""The depth stage (pipeline/depth/__init__.py): outputs, caching, resuming, model choice."""
+import hashlib
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import depth
+from pipeline.artifacts import Manifest
+from pipeline.capture import FrameRow, write_frames_table
+from pipeline.config import DepthConfig
+from pipeline.depth.classical import GuidedUpsampler
+from pipeline.errors import PromptmeshError
+from pipeline.geometry import output_size
+
+RGB_WH = (64, 48)
+LIDAR_WH = (16, 12)
+N_FRAMES = 4
+
+
+def make_workdir(root, ingest_fingerprint="ingest-v1"):
+    """A hand-made ingested capture: 4 frames (indices 0, 5, 10, 15) of a box in front of a wall."""
+    cap = root / "capture"
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(N_FRAMES):
+        idx = 5 * k
+        stem = f"{idx:06d}"
+        rgb = np.full((RGB_WH[1], RGB_WH[0], 3), 180, np.uint8)
+        x0 = 10 + 6 * k
+        rgb[10:30, x0:x0 + 20] = (30, 60, 200)
+        depth_mm = np.full(LIDAR_WH[::-1], 2500, np.uint16)
+        depth_mm[3:8, x0 // 4:(x0 + 20) // 4] = 1000 + 10 * k
+        depth_mm[0, 0] = 0
+        (cap / "rgb").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(cap / "rgb" / f"{stem}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        (cap / "lidar").mkdir(exist_ok=True)
+        cv2.imwrite(str(cap / "lidar" / f"{stem}.png"), depth_mm)
+        (cap / "confidence").mkdir(exist_ok=True)
+        cv2.imwrite(str(cap / "confidence" / f"{stem}.png"), rng.integers(0, 3, LIDAR_WH[::-1]).astype(np.uint8))
+        rows.append(FrameRow(idx, 0.1 * idx, f"rgb/{stem}.jpg", f"lidar/{stem}.png", f"confidence/{stem}.png",
+                             *RGB_WH, *LIDAR_WH, 50.0, 50.0, 32.0, 24.0, np.eye(4).ravel().tolist()))
+    write_frames_table(cap / "frames.parquet", rows)
+    Manifest("ingest", ingest_fingerprint, outputs=["frames.parquet"], settings={}).write(cap)
+    return root
+
+
+def pngs(folder):
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def read_all(folder):
+    return {p.name: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture
+def count_predictions(monkeypatch):
+    """Counts GuidedUpsampler.predict calls; set `fail_after` to raise after that many (an interruption)."""
+    state = {"calls": 0, "fail_after": None}
+    original = GuidedUpsampler.predict
+
+    def predict(self, *args):
+        if state["fail_after"] is not None and state["calls"] >= state["fail_after"]:
+            raise KeyboardInterrupt
+        state["calls"] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(GuidedUpsampler, "predict", predict)
+    return state
+
+
+@pytest.mark.parametrize("model", ["lidar", "guided"])
+def test_outputs_names_sizes_and_millimetres(tmp_path, model):
+    wd = make_workdir(tmp_path)
+    out = depth.run(DepthConfig(model=model, long_side_px=32), wd)
+    assert out == wd / "depth" / model
+    assert pngs(out) == [f"{5 * k:06d}.png" for k in range(N_FRAMES)]
+    w, h = output_size(*RGB_WH, 32)
+    assert (w, h) == (32, 24)
+    for k, (name, mm) in enumerate(read_all(out).items()):
+        assert mm.dtype == np.uint16 and mm.shape == (h, w)
+        # the wall is flat at 2.5 m: far from the box, every model returns it to the millimetre
+        assert mm[20:, :].min() == 2500 and mm[20:, :].max() == 2500
+        assert mm[8, (10 + 6 * k) // 2 + 5] == 1000 + 10 * k  # box centre, metres -> mm round trip
+    manifest = Manifest.read(out)
+    assert manifest.settings["model"] == model and manifest.summary["computed"] == N_FRAMES
+
+
+def test_full_resolution_keeps_rgb_size(tmp_path):
+    wd = make_workdir(tmp_path)
+    out = depth.run(DepthConfig(model="lidar", long_side_px=1008), wd)  # never upscaled past the RGB
+    assert all(mm.shape == RGB_WH[::-1] for mm in read_all(out).values())
+
+
+def test_second_run_does_nothing_and_changed_setting_reruns(tmp_path, count_predictions, caplog):
+    wd = make_workdir(tmp_path)
+    cfg = DepthConfig(model="guided", long_side_px=32)
+    depth.run(cfg, wd)
+    assert count_predictions["calls"] == N_FRAMES
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        depth.run(cfg, wd)
+    assert count_predictions["calls"] == N_FRAMES
+    assert "depth: up to date" in caplog.text
+    out = depth.run(DepthConfig(model="guided", long_side_px=48), wd)
+    assert count_predictions["calls"] == 2 * N_FRAMES
+    assert all(mm.shape == (36, 48) for mm in read_all(out).values())
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == pngs(out)
+    # a changed upstream (re-ingested capture) reruns too
+    Manifest("ingest", "ingest-v2", outputs=["frames.parquet"], settings={}).write(wd / "capture")
+    depth.run(DepthConfig(model="guided", long_side_px=48), wd)
+    assert count_predictions["calls"] == 3 * N_FRAMES
+
+
+def test_deleted_frame_is_recomputed_alone(tmp_path, count_predictions):
+    wd = make_workdir(tmp_path)
+    cfg = DepthConfig(model="guided", long_side_px=32)
+    out = depth.run(cfg, wd)
+    before = read_all(out)
+    (out / "000010.png").unlink()
+    (out / "manifest.json").unlink()
+    depth.run(cfg, wd)
+    assert count_predictions["calls"] == N_FRAMES + 1
+    assert Manifest.read(out).summary["computed"] == 1
+    after = read_all(out)
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+
+
+def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, count_predictions):
+    reference = depth.run(DepthConfig(model="guided", long_side_px=32), make_workdir(tmp_path / "a"))
+    wd = make_workdir(tmp_path / "b")
+    cfg = DepthConfig(model="guided", long_side_px=32)
+    count_predictions.update(calls=0, fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        depth.run(cfg, wd)
+    out = wd / "depth" / "guided"
+    assert pngs(out) == ["000000.png", "000005.png"]
+    assert Manifest.read(out) is None and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    count_predictions.update(calls=0, fail_after=None)
+    depth.run(cfg, wd)
+    assert count_predictions["calls"] == N_FRAMES - 2
+    expected, got = read_all(reference), read_all(out)
+    assert got.keys() == expected.keys() and all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+def test_interrupted_run_with_other_settings_starts_over(tmp_path, count_predictions):
+    wd = make_workdir(tmp_path)
+    count_predictions["fail_after"] = 2
+    with pytest.raises(KeyboardInterrupt):
+        depth.run(DepthConfig(model="guided", long_side_px=32), wd)
+    count_predictions.update(calls=0, fail_after=None)
+    out = depth.run(DepthConfig(model="guided", long_side_px=48), wd)
+    assert count_predictions["calls"] == N_FRAMES
+    assert all(mm.shape == (36, 48) for mm in read_all(out).values())
+
+
+def test_auto_without_weights_picks_guided_and_says_so(tmp_path, monkeypatch, caplog):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_hf_cache"))
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert depth.resolve_model_name(DepthConfig(model="auto")) == "guided"
+    assert "no PromptDA weights found" in caplog.text and "using guided" in caplog.text
+    missing = tmp_path / "nowhere" / "model.ckpt"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        out = depth.run(DepthConfig(model="auto", weights=str(missing), long_side_px=32), make_workdir(tmp_path))
+    assert out.name == "guided" and str(missing) in caplog.text
+    assert depth.resolve_model_name(DepthConfig(model="lidar")) == "lidar"
+
+
+def test_explicit_promptda_without_weights_says_how_to_get_them(tmp_path):
+    wd = make_workdir(tmp_path)
+    with pytest.raises(PromptmeshError, match="download"):
+        depth.run(DepthConfig(model="promptda-vits", weights=str(tmp_path / "none.ckpt")), wd)
+    assert not (wd / "depth" / "promptda-vits").exists()
+
+
+def test_missing_ingest_says_what_to_run(tmp_path):
+    with pytest.raises(PromptmeshError, match="promptmesh ingest"):
+        depth.run(DepthConfig(model="lidar"), tmp_path)
+
+
+def test_weights_hash_is_cached(tmp_path, monkeypatch):
+    weights = tmp_path / "model.ckpt"
+    weights.write_bytes(b"not really weights")
+    cache = tmp_path / "depth" / ".weights_sha256.json"
+    first = depth.cached_sha256(weights, cache)
+    assert first == hashlib.sha256(b"not really weights").hexdigest()
+    monkeypatch.setattr(depth, "file_sha256", lambda p: pytest.fail("hash recomputed"))
+    assert depth.cached_sha256(weights, cache) == first
