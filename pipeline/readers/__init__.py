@@ -11,9 +11,11 @@ from typing import Protocol
 
 from ..capture import CaptureSource
 from ..errors import PromptmeshError
+from .arkitscenes import ARKitScenesReader
 from .r3d import R3DReader
 from .r3d_export import R3DExportReader
 from .scanner3d import Scanner3DReader
+from .scannetpp import ScanNetPPReader
 from .stray import StrayReader
 
 
@@ -31,7 +33,8 @@ class CaptureReader(Protocol):
 
 
 READERS: dict[str, CaptureReader] = {r.name: r for r in (StrayReader(), R3DReader(), R3DExportReader(),
-                                                           Scanner3DReader())}
+                                                           Scanner3DReader(), ScanNetPPReader(),
+                                                           ARKitScenesReader())}
 
 
 def detect(path: Path) -> CaptureReader:
