@@ -29,7 +29,7 @@ from .capture import CaptureSource, FrameRow, SourceFrame, write_frames_table
 from .config import IngestConfig
 from .errors import PromptmeshError
 from .geometry import is_valid_pose
-from .readers import open_capture
+from .readers import CaptureReader, open_capture
 
 log = logging.getLogger(__name__)
 
@@ -181,20 +181,25 @@ def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_qualit
     )
 
 
-def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = False) -> Path:
-    """Ingest `capture_path` into WORKDIR/capture/; returns the path of frames.parquet."""
+def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = False,
+        reader: Optional[CaptureReader] = None) -> Path:
+    """Ingest `capture_path` into WORKDIR/capture/; returns the path of frames.parquet.
+
+    `reader`: a configured reader (e.g. ScanNetPPReader("merged")) instead of format detection; its
+    settings are part of the stage's fingerprint."""
     capture_path = Path(capture_path)
     if not capture_path.exists():
         raise PromptmeshError(f"{capture_path}: no such file or folder; pass the capture folder or .r3d file")
     out = capture_dir(workdir)
     stamp = fingerprint(STAGE, {"cfg": cfg, "source": str(capture_path.resolve()),
-                                "files": source_fingerprint(capture_path)})
+                                "files": source_fingerprint(capture_path),
+                                **({"reader": [reader.name, reader]} if reader is not None else {})})
     done = is_current(out, stamp)
     if done and not force:
         log.info("ingest: up to date (%s, %d frames)", out, done.summary.get("kept", 0))
         return out / "frames.parquet"
 
-    source = open_capture(capture_path)
+    source = reader.open(capture_path) if reader is not None else open_capture(capture_path)
     log.info("ingest: %s capture %s, %d frames listed, RGB %dx%d, LiDAR %dx%d (stride %d, max %s, blur select %s)",
              source.format, capture_path, source.n_frames, *source.rgb_size, *source.lidar_size, cfg.stride,
              cfg.max_frames or "all", cfg.blur_select)
