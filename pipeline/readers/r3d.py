@@ -116,6 +116,30 @@ def _unreadable_frame(i: int, meta: Record3DMetadata, error: PromptmeshError, na
                        K_rgb=meta.K_rgb, rgb_size=meta.rgb_size, load_rgb=fail, load_depth_m=fail, source_name=name)
 
 
+def _frame(path: Path, i: int, meta: Record3DMetadata, jpeg: bytes, depth: bytes,
+           conf: Optional[bytes]) -> SourceFrame:
+    """Frame i from its archive members. Its JPEG is copied to a temporary file that is deleted as soon as
+    nothing references the frame (so the caller must not keep the frame in a local across a yield)."""
+    base = f"{path}:rgbd/{i}"
+    jpeg_path = _temporary_jpeg(jpeg)
+    frame = SourceFrame(
+        frame_index=i,
+        timestamp_s=float(meta.timestamp_s[i]),
+        camera_to_world=meta.camera_to_world[i],  # OpenCV axes (converted in Record3DMetadata)
+        K_rgb=meta.K_rgb,  # row-major (transposed from the stored column-major K)
+        rgb_size=meta.rgb_size,
+        load_rgb=lambda: decode_jpeg_rgb(read_bytes(jpeg_path), f"{base}.jpg"),
+        # float32 metres, row-major (dh, dw); NaN / negative = no return -> 0
+        load_depth_m=lambda: clean_depth_m(decode_lzfse(depth, f"{base}.depth", np.float32, meta.lidar_size)),
+        load_confidence=(lambda: decode_lzfse(conf, f"{base}.conf", np.uint8, meta.lidar_size).copy())
+        if conf is not None else None,
+        rgb_jpeg_path=jpeg_path,
+        source_name=f"{base}.jpg",
+    )
+    weakref.finalize(frame, _unlink_quiet, jpeg_path)
+    return frame
+
+
 def _unlink_quiet(path: Path) -> None:
     try:
         os.unlink(path)
@@ -165,33 +189,14 @@ class R3DReader:
         def frames() -> Iterator[SourceFrame]:
             with zipfile.ZipFile(path) as zf:
                 for i in kept:
-                    base = f"{path}:rgbd/{i}"
                     try:
-                        depth_bytes = _member(zf, f"rgbd/{i}.depth", path)
-                        conf_bytes = _member(zf, f"rgbd/{i}.conf", path) if f"rgbd/{i}.conf" in names else None
-                        jpeg_path = _temporary_jpeg(_member(zf, f"rgbd/{i}.jpg", path))
+                        depth = _member(zf, f"rgbd/{i}.depth", path)
+                        conf = _member(zf, f"rgbd/{i}.conf", path) if f"rgbd/{i}.conf" in names else None
+                        jpeg = _member(zf, f"rgbd/{i}.jpg", path)
                     except PromptmeshError as e:
-                        yield _unreadable_frame(i, meta, e, f"{base}.jpg")
+                        yield _unreadable_frame(i, meta, e, f"{path}:rgbd/{i}.jpg")
                         continue
-                    frame = SourceFrame(
-                        frame_index=i,
-                        timestamp_s=float(meta.timestamp_s[i]),
-                        camera_to_world=meta.camera_to_world[i],
-                        K_rgb=meta.K_rgb,
-                        rgb_size=meta.rgb_size,
-                        load_rgb=lambda p=jpeg_path, n=f"{base}.jpg": decode_jpeg_rgb(read_bytes(p), n),
-                        # float32 metres, row-major (dh, dw); NaN / negative = no return -> 0
-                        load_depth_m=lambda d=depth_bytes, n=f"{base}.depth": clean_depth_m(
-                            decode_lzfse(d, n, np.float32, meta.lidar_size)),
-                        load_confidence=(lambda d=conf_bytes, n=f"{base}.conf": decode_lzfse(
-                            d, n, np.uint8, meta.lidar_size).copy()) if conf_bytes is not None else None,
-                        rgb_jpeg_path=jpeg_path,
-                        source_name=f"{base}.jpg",
-                    )
-                    # The extracted JPEG is deleted when nothing references its frame any more.
-                    weakref.finalize(frame, _unlink_quiet, jpeg_path)
-                    yield frame
-                    del frame
+                    yield _frame(path, i, meta, jpeg, depth, conf)  # no local reference: see _frame
 
         return CaptureSource(format=self.name, path=path, n_frames=meta.n_frames, rgb_size=meta.rgb_size,
                              lidar_size=meta.lidar_size, frames=frames, has_confidence=has_confidence,
