@@ -41,7 +41,8 @@ def load_json(path: Path, what: str = "metadata") -> Any:
 
 def decode_png(data: bytes, name: str, dtype: type) -> np.ndarray:
     """PNG bytes -> (h, w) array of `dtype` (uint16 depth or uint8 confidence), as stored."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+    # A PNG ends with its IEND chunk; checking first keeps OpenCV from logging its own warning for a cut file.
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if b"IEND" in data[-12:] else None
     if img is None:
         raise PromptmeshError(f"{name}: unreadable or truncated PNG; re-export the capture or delete this frame")
     if img.ndim != 2 or img.dtype != dtype:
