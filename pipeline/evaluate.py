@@ -1,0 +1,272 @@
+"""Stage 5, eval: OUT/mesh.* against a ground-truth mesh (and depth maps against GT depth) -> OUT/eval.json.
+
+Mesh metrics (CONTRACTS §3, the Atlas / NeuralRecon convention, `pipeline.metrics`): both meshes'
+surfaces are sampled uniformly (area-weighted, one point per `sample_spacing_m`**2, fixed seeds), each
+sample set is voxel-downsampled at `downsample_m` (voxel centroids), then accuracy / completeness /
+precision / recall / F-score at `threshold_m` are measured between the two point sets.
+
+- `unculled`: all points.
+- `culled`: only what the capture could have seen. A GT point is kept when some camera (every
+  `cull_stride`-th frame) sees it: it projects inside the image, in front of the camera, and its depth is
+  within `cull_tolerance_m` of the GT mesh's depth rendered from that camera (so hidden GT surface is
+  dropped). A predicted point is kept when some camera has it inside the image and not behind the GT
+  surface (depth <= rendered GT depth + tolerance, or no GT surface on that pixel). This is the
+  occlusion-mask culling of TransformerFusion / FineRecon: predicted geometry in regions the cameras never
+  saw (behind walls, inside furniture) is not scored, while floaters in observed free space still cost
+  accuracy and precision. Distances are then recomputed between the two culled sets.
+  GT depth is rendered by ray casting (Open3D RaycastingScene) at a reduced size, long side
+  `CULL_LONG_SIDE_PX`, with intrinsics scaled from K_rgb; a point uses its nearest pixel.
+
+Depth metrics (only when WORKDIR/capture/gt_depth/ exists): for every frame with a GT depth map, the depth
+model's map (WORKDIR/depth/<model>/<stem>.png, the model fused into OUT) is resized to the GT size with
+nearest neighbour (GT pixels are the reference and invalid predictions stay invalid), and L1 / RMSE /
+AbsRel / delta_0.5 are pooled over all valid GT pixels of all frames. Invalid predictions on valid GT
+pixels count as errors (`pipeline.metrics`); the share of valid predictions goes to eval/curve.json.
+
+Outputs: OUT/eval.json with exactly the contract keys; OUT/eval/curve.json with precision / recall /
+F-score at 1-10 cm (culled and unculled), distance summaries, culling and depth coverage, for reports.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, invalidate, is_current,
+                        upstream_fingerprint)
+from .capture import CaptureTable
+from .config import EvalConfig
+from .errors import PromptmeshError
+from .fuse import DEPTH_SCALE, fuse_dir
+from .geometry import output_size, scale_intrinsics
+from .mesh import mesh_dir
+from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
+                      voxel_downsample)
+
+log = logging.getLogger(__name__)
+
+STAGE = "eval"
+CULL_LONG_SIDE_PX = 320
+"""Long side of the GT depth rendered for visibility culling, pixels."""
+CURVE_THRESHOLDS_M = tuple(round(0.01 * k, 2) for k in range(1, 11))
+"""Thresholds of the F-score curve in eval/curve.json, metres (1-10 cm)."""
+SEED_PRED, SEED_GT = 0, 1
+"""Surface sampling seeds (fixed: the same meshes always give the same numbers)."""
+
+
+def eval_path(out_dir: Path) -> Path:
+    return Path(out_dir) / "eval.json"
+
+
+def eval_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "eval"
+
+
+def curve_path(out_dir: Path) -> Path:
+    """OUT/eval/curve.json: {"thresholds_m": [...], "culled": {"precision", "recall", "fscore", ...}, "unculled": ...}."""
+    return eval_dir(out_dir) / "curve.json"
+
+
+# --------------------------------------------------------------------------- loading
+def load_mesh(path: Path, what: str = "mesh") -> tuple[np.ndarray, np.ndarray]:
+    """(V,3) float64 vertices and (T,3) int64 triangles of a PLY/OBJ/GLB/STL/OFF file (scenes are merged).
+
+    PromptmeshError naming the file when it is missing, unreadable or has no triangles.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise PromptmeshError(f"{path}: {what} not found; pass an existing mesh file")
+    try:
+        m = trimesh.load(str(path), force="mesh", process=False)
+    except Exception as e:  # trimesh raises many types for broken files
+        raise PromptmeshError(f"{path}: unreadable {what} ({type(e).__name__}: {e}); pass a PLY/OBJ/GLB mesh") from None
+    faces = np.asarray(getattr(m, "faces", np.zeros((0, 3))), np.int64).reshape(-1, 3)
+    vertices = np.asarray(getattr(m, "vertices", np.zeros((0, 3))), np.float64).reshape(-1, 3)
+    if len(faces) == 0 or not np.all(np.isfinite(vertices)):
+        raise PromptmeshError(f"{path}: {what} has no triangles or non-finite vertices; pass a triangle mesh "
+                              "(metres, the capture's world frame)")
+    return vertices, faces
+
+
+def sampled_points(vertices: np.ndarray, triangles: np.ndarray, cfg: EvalConfig, seed: int) -> np.ndarray:
+    """Surface samples of a mesh at cfg.sample_spacing_m, voxel-downsampled at cfg.downsample_m."""
+    return voxel_downsample(sample_surface(vertices, triangles, cfg.sample_spacing_m, seed), cfg.downsample_m)
+
+
+# --------------------------------------------------------------------------- visibility culling
+def render_depth(scene, K: np.ndarray, camera_to_world: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """z-depth (metres, inf where no surface) of a RaycastingScene seen by a pinhole camera.
+
+    OpenCV camera axes; pixel centres at integer coordinates (as in `geometry.backproject`). Returns
+    (h,w) float32.
+    """
+    import open3d as o3d
+
+    w, h = size_wh
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    dirs_world = dirs_cam @ camera_to_world[:3, :3].T  # camera z component 1: ray parameter = z-depth
+    origins = np.broadcast_to(camera_to_world[:3, 3], dirs_world.shape)
+    rays = np.concatenate([origins, dirs_world], -1).astype(np.float32)
+    return scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+
+
+def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
+              depth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For world points: (in view mask, camera z, rendered depth at the nearest pixel; nan when out of view)."""
+    p_cam = points @ world_to_camera[:3, :3].T + world_to_camera[:3, 3]
+    z = p_cam[:, 2]
+    h, w = depth.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.rint(K[0, 0] * p_cam[:, 0] / z + K[0, 2])
+        v = np.rint(K[1, 1] * p_cam[:, 1] / z + K[1, 2])
+    inside = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    rendered = np.full(len(points), np.nan)
+    rendered[inside] = depth[v[inside].astype(np.int64), u[inside].astype(np.int64)]
+    return inside, z, rendered
+
+
+def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.ndarray, gt_triangles: np.ndarray,
+               table: CaptureTable, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """(GT points seen by some camera, predicted points not hidden from every camera, cameras used).
+
+    See the module docstring for the rules.
+    """
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(gt_vertices.astype(np.float32)), o3d.core.Tensor(gt_triangles.astype(np.uint32)))
+    gt_seen = np.zeros(len(gt_points), bool)
+    pred_kept = np.zeros(len(pred_points), bool)
+    cameras = range(0, len(table), max(1, cfg.cull_stride))
+    for i in cameras:
+        rgb_wh = (int(table.width[i]), int(table.height[i]))
+        wh = output_size(*rgb_wh, CULL_LONG_SIDE_PX)
+        K = scale_intrinsics(table.K_rgb[i], rgb_wh, wh)
+        camera_to_world = table.camera_to_world[i]
+        depth = render_depth(scene, K, camera_to_world, wh)
+        world_to_camera = np.linalg.inv(camera_to_world)
+        todo = np.flatnonzero(~gt_seen)  # a point seen once needs no more tests
+        inside, z, rendered = _depth_at(gt_points[todo], K, world_to_camera, depth)
+        gt_seen[todo[inside & (np.abs(z - rendered) < cfg.cull_tolerance_m)]] = True
+        todo = np.flatnonzero(~pred_kept)
+        inside, z, rendered = _depth_at(pred_points[todo], K, world_to_camera, depth)
+        pred_kept[todo[inside & (z <= rendered + cfg.cull_tolerance_m)]] = True  # inf (no GT hit) keeps
+    return gt_seen, pred_kept, len(cameras)
+
+
+# --------------------------------------------------------------------------- depth maps
+def _read_depth_m(path: Path) -> np.ndarray:
+    mm = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mm is None or mm.ndim != 2:
+        raise PromptmeshError(f"{path}: missing or not a single-channel depth PNG; rerun the stage that writes it "
+                              "with --force")
+    return mm.astype(np.float64) / DEPTH_SCALE
+
+
+def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Optional[DepthErrorSums]:
+    """Pooled depth errors of depth/<depth_model>/ against capture/gt_depth/, or None without GT depth."""
+    gt_dir = Path(workdir) / "capture" / "gt_depth"
+    if not gt_dir.is_dir():
+        return None
+    sums = DepthErrorSums()
+    n_frames = 0
+    for i in range(len(table)):
+        gt_file = gt_dir / f"{table.stem(i)}.png"
+        if not gt_file.exists():
+            continue
+        gt_m = _read_depth_m(gt_file)
+        pred_m = _read_depth_m(Path(workdir) / "depth" / depth_model / f"{table.stem(i)}.png")
+        pred_at_gt = cv2.resize(pred_m, gt_m.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        sums.add(pred_at_gt, gt_m)
+        n_frames += 1
+    return sums if n_frames and sums.n_pixels else None
+
+
+# --------------------------------------------------------------------------- stage
+def _predicted_mesh(out_dir: Path) -> Path:
+    """The mesh stage's export to evaluate (PLY when it wrote one)."""
+    m = Manifest.read(mesh_dir(out_dir))
+    outputs = [mesh_dir(out_dir) / o for o in (m.outputs if m else [])]
+    if not outputs:
+        raise PromptmeshError(f"{mesh_dir(out_dir)}: mesh has not finished here; run `promptmesh mesh` first")
+    ply = [p for p in outputs if p.suffix == ".ply"]
+    return (ply or outputs)[0].resolve()
+
+
+def _summary(d: np.ndarray) -> dict:
+    return {"n_points": int(len(d)), "mean_m": float(d.mean()), "median_m": float(np.median(d)),
+            "p90_m": float(np.percentile(d, 90)), "max_m": float(d.max())}
+
+
+def _scores(pred: np.ndarray, gt: np.ndarray, cfg: EvalConfig) -> tuple[dict, dict]:
+    """(contract metrics at cfg.threshold_m, curve + distance summaries) between two point sets."""
+    d_pred_to_gt, d_gt_to_pred = point_distances(pred, gt)
+    curve = fscore_curve(d_pred_to_gt, d_gt_to_pred, CURVE_THRESHOLDS_M)
+    del curve["thresholds_m"]
+    curve.update(pred_to_gt=_summary(d_pred_to_gt), gt_to_pred=_summary(d_gt_to_pred))
+    return metrics_from_distances(d_pred_to_gt, d_gt_to_pred, cfg.threshold_m), curve
+
+
+def run(cfg: EvalConfig, workdir: Path, gt_mesh: Path, out_dir: Optional[Path] = None, force: bool = False) -> Path:
+    """Evaluate OUT/mesh.* (OUT = out_dir or workdir) against `gt_mesh`; returns OUT/eval.json."""
+    workdir = Path(workdir)
+    out_dir = Path(out_dir if out_dir is not None else workdir)
+    gt_mesh = Path(gt_mesh)
+    upstream = upstream_fingerprint(mesh_dir(out_dir), "mesh")
+    if not gt_mesh.is_file():
+        raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
+    stamp = fingerprint(STAGE, cfg, [upstream, file_sha256(gt_mesh)])
+    edir = eval_dir(out_dir)
+    if not force and is_current(edir, stamp):
+        log.info("eval: up to date (%s)", eval_path(out_dir))
+        return eval_path(out_dir)
+
+    pred_mesh = _predicted_mesh(out_dir)
+    log.info("eval: %s against %s; threshold %g cm, downsample %g cm, sample spacing %g cm", pred_mesh, gt_mesh,
+             cfg.threshold_m * 100, cfg.downsample_m * 100, cfg.sample_spacing_m * 100)
+    t0 = time.perf_counter()
+    gt_vertices, gt_triangles = load_mesh(gt_mesh, "ground-truth mesh")  # a bad GT keeps the last eval
+    invalidate(edir)
+    table = CaptureTable.load(workdir / "capture")
+    pred_vertices, pred_triangles = load_mesh(pred_mesh, "predicted mesh")
+    gt = sampled_points(gt_vertices, gt_triangles, cfg, SEED_GT)
+    pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
+
+    unculled, unculled_curve = _scores(pred, gt, cfg)
+    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, cfg)
+    if not gt_seen.any() or not pred_kept.any():
+        raise PromptmeshError(f"{gt_mesh}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
+                              "view of any camera; is the GT mesh in the capture's world frame, in metres?")
+    culled, culled_curve = _scores(pred[pred_kept], gt[gt_seen], cfg)
+
+    report = {"threshold_m": cfg.threshold_m, "downsample_m": cfg.downsample_m, "n_frames": len(table),
+              "culled": culled, "unculled": unculled}
+    curve = {"thresholds_m": list(CURVE_THRESHOLDS_M), "culled": culled_curve, "unculled": unculled_curve,
+             "culling": {"cameras": n_cameras, "gt_seen_fraction": float(gt_seen.mean()),
+                         "pred_kept_fraction": float(pred_kept.mean())}}
+    fuse_manifest = Manifest.read(fuse_dir(out_dir))
+    depth_model = fuse_manifest.settings.get("depth_model") if fuse_manifest else None
+    depth_sums = depth_errors(workdir, table, depth_model) if depth_model else None
+    if depth_sums is not None:
+        report["depth"] = depth_sums.metrics()
+        curve["depth"] = {"depth_model": depth_model, "pixels": depth_sums.n_pixels,
+                          "pred_valid_fraction": depth_sums.pred_valid / depth_sums.n_pixels}
+
+    atomic_write_json(curve_path(out_dir), curve)
+    atomic_write_json(eval_path(out_dir), report)
+    seconds = time.perf_counter() - t0
+    Manifest(STAGE, stamp, outputs=["../eval.json", "curve.json"],
+             settings={"cfg": cfg, "gt_mesh": str(gt_mesh.resolve()), "pred_mesh": str(pred_mesh)},
+             summary={"seconds": round(seconds, 3), "gt_points": len(gt), "pred_points": len(pred),
+                      **curve["culling"]}).write(edir)
+    log.info("eval: culled F@%g cm %.3f (P %.3f, R %.3f), unculled F %.3f, acc %.2f cm, comp %.2f cm in %.1f s -> %s",
+             cfg.threshold_m * 100, culled["fscore"], culled["precision"], culled["recall"], unculled["fscore"],
+             culled["accuracy_m"] * 100, culled["completeness_m"] * 100, seconds, eval_path(out_dir))
+    return eval_path(out_dir)

@@ -1,0 +1,318 @@
+"""Stage 3, fuse: WORKDIR/depth/<model>/ + poses -> a TSDF volume in OUT/fuse/tsdf.npz.
+
+Open3D's tensor `VoxelBlockGrid` (attributes tsdf, weight, color; all float32) does the work, on CUDA
+when Open3D has it and the config allows, else on the CPU. (The legacy ScalableTSDFVolume mishandles
+float depth in Open3D 0.20, so it is not used.)
+
+Conventions:
+- Depth maps are uint16 millimetres, 0 = invalid, any size (w, h) with the RGB aspect; each frame is
+  integrated at its depth map's own size with K_rgb scaled by (w/W, h/H) (pixel-edge convention,
+  `geometry.scale_intrinsics`). Colour is the RGB frame resized to (w, h); the LiDAR confidence map is
+  resized to (w, h) with nearest neighbour.
+- Depth outside [depth_min_m, depth_max_m] and pixels with LiDAR confidence < min_confidence are
+  dropped (set to 0), not clamped: clamping would fabricate surface at the bounds.
+- Open3D's extrinsic is world_to_camera = inverse(camera_to_world); camera axes are OpenCV already.
+  Its intrinsics get the principal point shifted by half a pixel (`open3d_intrinsics`).
+- Truncation = sdf_trunc_voxels * voxel_size_m.
+
+Speed: frames are read and decoded (PNG/JPEG, resize, masking) on a background thread feeding a bounded
+queue, so that integration is the only limit; the voxel hash map is pre-sized (`estimate_block_count`)
+so that it never rehashes mid-run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
+from .capture import CaptureTable
+from .config import FuseConfig
+from .errors import PromptmeshError
+from .geometry import scale_intrinsics, transform_points
+
+log = logging.getLogger(__name__)
+
+STAGE = "fuse"
+TSDF_NAME = "tsdf.npz"
+DEPTH_SCALE = 1000.0
+"""Depth PNG units per metre (uint16 millimetres)."""
+PREFETCH_FRAMES = 4
+"""Decoded frames waiting for integration at most (bounds memory)."""
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def fuse_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "fuse"
+
+
+def tsdf_path(out_dir: Path) -> Path:
+    """The TSDF volume written by `run` (VoxelBlockGrid.save format, npz)."""
+    return fuse_dir(out_dir) / TSDF_NAME
+
+
+def select_device(requested: str):
+    """Open3D device for fusion: CUDA:0 when available and `requested` is auto or cuda, else CPU:0."""
+    import open3d as o3d
+
+    if requested in ("auto", "cuda") and o3d.core.cuda.is_available():
+        return o3d.core.Device("CUDA:0")
+    if requested == "cuda":
+        log.warning("fuse: CUDA requested but this Open3D build has no CUDA device; using the CPU")
+    return o3d.core.Device("CPU:0")
+
+
+def new_grid(cfg: FuseConfig, block_count: int, device):
+    """An empty VoxelBlockGrid with float32 tsdf, weight and colour (RGB in [0, 1]) per voxel."""
+    import open3d as o3d
+
+    f32 = o3d.core.float32
+    return o3d.t.geometry.VoxelBlockGrid(
+        attr_names=("tsdf", "weight", "color"), attr_dtypes=(f32, f32, f32), attr_channels=((1), (1), (3)),
+        voxel_size=cfg.voxel_size_m, block_resolution=cfg.block_resolution, block_count=int(block_count),
+        device=device)
+
+
+def open3d_intrinsics(K: np.ndarray) -> np.ndarray:
+    """K with pixel centres at integer coordinates (promptmesh, OpenCV) -> K for Open3D's TSDF kernels.
+
+    Open3D's integration reads the depth pixel floor(u), floor(v) of a voxel's projection, i.e. it takes
+    pixel i to span [i, i+1). Shifting the principal point by +0.5 px makes that pick the nearest pixel
+    centre, round(u); without it, surfaces slanted to the view move by half a pixel's depth change (2.5 mm
+    for a 1:2 slope at 1 m and f = 100 px).
+    """
+    K = np.array(K, np.float64)
+    K[0, 2] += 0.5
+    K[1, 2] += 0.5
+    return K
+
+
+# --------------------------------------------------------------------------- per-frame preparation
+def mask_depth_mm(depth_mm: np.ndarray, confidence: Optional[np.ndarray], cfg: FuseConfig) -> np.ndarray:
+    """Zero the depth pixels fusion must ignore: outside [depth_min_m, depth_max_m] or low confidence.
+
+    depth_mm: (h,w) uint16 millimetres, 0 = invalid. confidence: (h,w) uint8 0/1/2 at the same size, or
+    None (no confidence: keep all). Returns a new (h,w) uint16 array.
+    """
+    d = np.asarray(depth_mm)
+    drop = (d < cfg.depth_min_m * DEPTH_SCALE) | (d > cfg.depth_max_m * DEPTH_SCALE)
+    if confidence is not None and cfg.min_confidence > 0:
+        drop |= confidence < cfg.min_confidence
+    return np.where(drop, 0, d).astype(np.uint16)
+
+
+@dataclass
+class PreparedFrame:
+    """One frame ready for integration, all at the depth map's size (w, h)."""
+
+    index: int
+    depth_mm: np.ndarray
+    """(h,w) uint16 millimetres, masked (0 = ignore)."""
+    rgb: np.ndarray
+    """(h,w,3) uint8 RGB."""
+    K_depth: np.ndarray
+    """(3,3) intrinsics at (w, h), pixels."""
+
+
+def _imread(path: Path, flags: int, what: str) -> np.ndarray:
+    img = cv2.imread(str(path), flags)
+    if img is None:
+        raise PromptmeshError(f"{path}: {what} missing or unreadable; rerun the stage that writes it with --force")
+    return img
+
+
+def _read_rgb_at(path: Path, size_wh: tuple[int, int], full_wh: tuple[int, int]) -> np.ndarray:
+    """RGB image resized to `size_wh`; JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8) when that is
+    still at least `size_wh` (much faster than decoding full size and shrinking)."""
+    flags = cv2.IMREAD_COLOR
+    for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if full_wh[0] // factor >= size_wh[0] and full_wh[1] // factor >= size_wh[1]:
+            flags = reduced
+            break
+    bgr = _imread(path, flags, "RGB frame")
+    if (bgr.shape[1], bgr.shape[0]) != tuple(size_wh):
+        shrink = bgr.shape[1] > size_wh[0]
+        bgr = cv2.resize(bgr, size_wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig) -> PreparedFrame:
+    """Read frame i's depth (depth_dir/<stem>.png), colour and confidence, masked and at the depth size."""
+    depth_mm = _imread(depth_dir / f"{table.stem(i)}.png", cv2.IMREAD_UNCHANGED, "depth map")
+    if depth_mm.ndim != 2 or depth_mm.dtype != np.uint16:
+        raise PromptmeshError(f"{depth_dir / table.stem(i)}.png: expected a single-channel uint16 PNG (mm), got "
+                              f"{depth_mm.dtype} {depth_mm.shape}; rerun `promptmesh depth WORKDIR --force`")
+    h, w = depth_mm.shape
+    rgb_wh = (int(table.width[i]), int(table.height[i]))
+    confidence = None
+    if table.confidence_path[i] is not None and cfg.min_confidence > 0:
+        confidence = _imread(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map")
+        confidence = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_NEAREST)
+    return PreparedFrame(
+        index=i,
+        depth_mm=mask_depth_mm(depth_mm, confidence, cfg),
+        rgb=_read_rgb_at(table.root / table.rgb_path[i], (w, h), rgb_wh),
+        K_depth=scale_intrinsics(table.K_rgb[i], rgb_wh, (w, h)),
+    )
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T], max_waiting: int = PREFETCH_FRAMES) -> Iterator[R]:
+    """Yield fn(item) for each item, computed on a background thread at most `max_waiting` ahead.
+
+    An exception in fn is re-raised in the consumer; stopping the consumer early stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max_waiting)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", fn(item))):
+                    return
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            put(("error", e))
+            return
+        put(("done", None))
+
+    thread = threading.Thread(target=work, name="fuse-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --------------------------------------------------------------------------- pre-sizing
+def estimate_block_count(table: CaptureTable, cfg: FuseConfig, pixel_stride: int = 4, margin: float = 1.5) -> int:
+    """Number of voxel blocks the fusion will touch, estimated from the capture's LiDAR maps (cheap).
+
+    Blocks are allocated only near observed surfaces (within the truncation distance along each ray),
+    not in the free space of the camera frusta, so the estimate back-projects every `pixel_stride`-th
+    LiDAR pixel in range, at depth - trunc, depth and depth + trunc along its ray, counts the distinct
+    blocks these points fall in over all frames, and adds `margin` (denser depth maps, small surfaces
+    between sampled pixels). Frames whose LiDAR map is unreadable are left out of the estimate.
+    """
+    block_m = cfg.voxel_size_m * cfg.block_resolution
+    trunc_m = cfg.sdf_trunc_voxels * cfg.voxel_size_m
+    keys = []
+    for i in range(len(table)):
+        depth_mm = cv2.imread(str(table.root / table.lidar_path[i]), cv2.IMREAD_UNCHANGED)
+        if depth_mm is None or depth_mm.ndim != 2:
+            continue
+        h, w = depth_mm.shape
+        K = scale_intrinsics(table.K_rgb[i], (int(table.width[i]), int(table.height[i])), (w, h))
+        v, u = np.mgrid[0:h:pixel_stride, 0:w:pixel_stride]
+        z = depth_mm[v, u].astype(np.float64) / DEPTH_SCALE
+        ok = (z >= cfg.depth_min_m) & (z <= cfg.depth_max_m) & (z > 0)
+        u, v, z = u[ok], v[ok], z[ok]
+        rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], -1)
+        step = trunc_m / np.linalg.norm(rays, axis=1)  # trunc along the ray, in units of z
+        camera_to_world = table.camera_to_world[i]
+        for dz in (-step, 0.0, step):
+            p_world = transform_points(camera_to_world, rays * (z + dz)[:, None])
+            keys.append(np.unique(np.floor(p_world / block_m).astype(np.int64), axis=0))
+    if not keys:
+        return 1024
+    n_blocks = len(np.unique(np.concatenate(keys), axis=0))
+    return max(1024, int(n_blocks * margin))
+
+
+# --------------------------------------------------------------------------- stage
+def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path] = None, force: bool = False) -> Path:
+    """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = out_dir or workdir); returns OUT/fuse.
+
+    The fingerprint covers the config (except `device`, which does not change the result) and the depth
+    stage's manifest fingerprint, which in turn covers the capture.
+    """
+    import open3d as o3d
+
+    workdir = Path(workdir)
+    out = fuse_dir(out_dir if out_dir is not None else workdir)
+    depth_dir = workdir / "depth" / depth_model
+    upstream = upstream_fingerprint(depth_dir, "depth")
+    settings = {"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
+                "depth_model": depth_model}
+    stamp = fingerprint(STAGE, settings, [upstream])
+    if not force and is_current(out, stamp):
+        log.info("fuse: up to date (%s)", out)
+        return out
+
+    table = CaptureTable.load(workdir / "capture")
+    device = select_device(cfg.device)
+    t0 = time.perf_counter()
+    block_count = estimate_block_count(table, cfg)
+    trunc_voxels = float(cfg.sdf_trunc_voxels)
+    log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
+             "%d, %d blocks pre-sized", len(table), depth_model, device, cfg.voxel_size_m * 100,
+             trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
+             block_count)
+    invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for a new file
+    grid = new_grid(cfg, block_count, device)
+    world_to_camera = np.linalg.inv(table.camera_to_world)
+    frames = prefetch(lambda i: prepare_frame(table, i, depth_dir, cfg), range(len(table)))
+    n_valid_px = 0
+    for f in tqdm(frames, total=len(table), desc="fuse", unit="frame", disable=None, leave=False):
+        depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.depth_mm)).to(device)
+        color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.rgb)).to(device)
+        K = o3d.core.Tensor(open3d_intrinsics(f.K_depth))  # float64 on the CPU, as Open3D wants
+        extrinsic = o3d.core.Tensor(world_to_camera[f.index])
+        blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m,
+                                                       trunc_voxels)
+        grid.integrate(blocks, depth, color, K, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
+        n_valid = int(np.count_nonzero(f.depth_mm))
+        n_valid_px += n_valid
+        log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), n_valid,
+                  grid.hashmap().size())
+    n_blocks = int(grid.hashmap().size())
+    if n_blocks == 0:
+        raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
+                              f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
+    with atomic_output(out / TSDF_NAME) as tmp:
+        grid.save(str(tmp))
+    seconds = time.perf_counter() - t0
+    Manifest(STAGE, stamp, outputs=[TSDF_NAME], settings=settings,
+             summary={"frames": len(table), "blocks": n_blocks, "blocks_presized": block_count,
+                      "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3)}).write(out)
+    log.info("fuse: %d frames in %.1f s (%.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table), seconds,
+             len(table) / max(seconds, 1e-9), n_blocks, block_count, out / TSDF_NAME)
+    return out
+
+
+def load_grid(out_dir: Path):
+    """The VoxelBlockGrid saved by `run` in OUT/fuse/ (on the device it was saved from)."""
+    import open3d as o3d
+
+    path = tsdf_path(out_dir)
+    try:
+        return o3d.t.geometry.VoxelBlockGrid.load(str(path))
+    except RuntimeError as e:
+        raise PromptmeshError(f"{path}: unreadable TSDF volume ({e}); rerun `promptmesh fuse WORKDIR --force`") from None

@@ -1,0 +1,324 @@
+"""fuse -> mesh -> eval on a tiny synthetic work directory built by hand (a box room rendered by ray casting).
+
+The work directory holds what ingest and the depth stage would write (frames.parquet, RGB JPEGs, LiDAR and
+confidence PNGs, GT depth, depth/lidar/ with a manifest), so these tests do not depend on those stages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import open3d as o3d
+import pytest
+import trimesh
+
+from pipeline import evaluate, fuse, mesh
+from pipeline.artifacts import Manifest, write_png_atomic
+from pipeline.capture import CaptureTable, FrameRow, write_frames_table
+from pipeline.config import EvalConfig, FuseConfig, MeshConfig
+from pipeline.errors import PromptmeshError
+from pipeline.geometry import scale_intrinsics
+from pipeline.ingest import depth_m_to_mm
+
+ROOM_SIZE_M = np.array([4.0, 2.5, 3.0])  # x, y (up, floor at y = 0), z
+RGB_WH, DEPTH_WH = (320, 240), (160, 120)
+K_RGB = np.array([[200.0, 0, 160.0], [0, 200.0, 120.0], [0, 0, 1]])  # 77 x 62 degree field of view
+FACE_COLORS = {  # RGB per wall, by the axis and sign of its inward normal
+    (0, 1): (200, 40, 40), (0, -1): (40, 200, 40), (1, 1): (230, 230, 230),  # y+ normal: floor, light grey
+    (1, -1): (40, 40, 200), (2, 1): (200, 200, 40), (2, -1): (40, 200, 200),
+}
+FUSE = FuseConfig(voxel_size_m=0.02)
+MESH = MeshConfig(formats=("ply", "obj", "glb"))
+EVAL = EvalConfig(sample_spacing_m=0.01)
+
+
+def box_room(offset=(0.0, 0.0, 0.0)) -> o3d.geometry.TriangleMesh:
+    room = o3d.geometry.TriangleMesh.create_box(*ROOM_SIZE_M)
+    room.translate(np.asarray(offset, float))
+    return room
+
+
+def look_at(eye: np.ndarray, yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """camera_to_world (OpenCV axes) at `eye`, looking at yaw (about world y) and pitch (up positive)."""
+    yaw, pitch = np.radians(yaw_deg), np.radians(pitch_deg)
+    forward = np.array([np.sin(yaw) * np.cos(pitch), np.sin(pitch), -np.cos(yaw) * np.cos(pitch)])
+    right = np.cross(forward, [0.0, 1.0, 0.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([right, down, forward], 1)
+    T[:3, 3] = eye
+    return T
+
+
+def camera_poses(offset) -> list[np.ndarray]:
+    eye = np.array([2.0, 1.4, 1.5]) + offset
+    poses = [look_at(eye, yaw, -20) for yaw in range(0, 360, 45)]
+    poses += [look_at(eye, yaw, 45) for yaw in (0, 90, 180, 270)]
+    poses += [look_at(eye, yaw, -75) for yaw in (0, 180)]
+    return poses
+
+
+def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.ndarray, wh) -> tuple:
+    """(z-depth metres (inf = miss), RGB uint8 from the wall colours) through pixel centres."""
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(room))
+    depth = evaluate.render_depth(scene, K, camera_to_world, wh)
+    w, h = wh
+    v, u = np.mgrid[0:h, 0:w].astype(float)
+    dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1) @ camera_to_world[:3, :3].T
+    hit = scene.cast_rays(o3d.core.Tensor(np.concatenate(
+        [np.broadcast_to(camera_to_world[:3, 3], dirs.shape), dirs], -1).astype(np.float32)))
+    normals = hit["primitive_normals"].numpy()
+    inward = -np.sign(np.einsum("hwc,hwc->hw", normals, dirs))[..., None] * normals
+    rgb = np.zeros((h, w, 3), np.uint8)
+    for (axis, sign), color in FACE_COLORS.items():
+        rgb[np.abs(inward[..., axis] - sign) < 0.5] = color
+    return depth, rgb
+
+
+def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True) -> Path:
+    """A work directory as ingest + `depth lidar` would leave it, for a box room shifted by `offset`."""
+    offset = np.asarray(offset, float)
+    room = box_room(offset)
+    cap = root / "capture"
+    K_depth = scale_intrinsics(K_RGB, RGB_WH, DEPTH_WH)
+    rows = []
+    for i, pose in enumerate(camera_poses(offset)):
+        stem = f"{i:06d}"
+        depth_m, _ = render(room, pose, K_depth, DEPTH_WH)
+        gt_m, rgb = render(room, pose, K_RGB, RGB_WH)
+        depth_mm = depth_m_to_mm(np.where(np.isfinite(depth_m), depth_m, 0))
+        (cap / "rgb").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(cap / "rgb" / f"{stem}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        write_png_atomic(cap / "lidar" / f"{stem}.png", depth_mm)
+        write_png_atomic(cap / "confidence" / f"{stem}.png", np.full(depth_mm.shape, 2, np.uint8))
+        if with_gt_depth:
+            write_png_atomic(cap / "gt_depth" / f"{stem}.png", depth_m_to_mm(np.where(np.isfinite(gt_m), gt_m, 0)))
+        write_png_atomic(root / "depth" / "lidar" / f"{stem}.png", depth_mm)
+        rows.append(FrameRow(i, 0.1 * i, f"rgb/{stem}.jpg", f"lidar/{stem}.png", f"confidence/{stem}.png",
+                             *RGB_WH, *DEPTH_WH, K_RGB[0, 0], K_RGB[1, 1], K_RGB[0, 2], K_RGB[1, 2],
+                             pose.reshape(-1).tolist()))
+    write_frames_table(cap / "frames.parquet", rows)
+    Manifest("depth", "depth-lidar-v1", outputs=[f"{i:06d}.png" for i in range(len(rows))],
+             settings={"model": "lidar"}).write(root / "depth" / "lidar")
+    o3d.io.write_triangle_mesh(str(root / "gt_room.ply"), room)
+    return root
+
+
+def run_all(workdir: Path, fuse_cfg=FUSE, mesh_cfg=MESH, eval_cfg=EVAL) -> dict:
+    fuse.run(fuse_cfg, workdir, depth_model="lidar")
+    paths = mesh.run(mesh_cfg, workdir)
+    ev = evaluate.run(eval_cfg, workdir, gt_mesh=workdir / "gt_room.ply")
+    return {"meshes": paths, "eval": json.loads(ev.read_text())}
+
+
+@pytest.fixture(scope="module")
+def room(tmp_path_factory) -> tuple[Path, dict]:
+    workdir = build_workdir(tmp_path_factory.mktemp("room"))
+    return workdir, run_all(workdir)
+
+
+def artifact_mtimes(workdir: Path) -> dict[str, int]:
+    names = ["fuse/tsdf.npz", "mesh.ply", "mesh.obj", "mesh.glb", "eval.json", "eval/curve.json"]
+    return {n: (workdir / n).stat().st_mtime_ns for n in names}
+
+
+# --------------------------------------------------------------------------- quality and contracts
+def test_eval_json_contract_and_scores(room):
+    workdir, res = room
+    ev = res["eval"]
+    assert set(ev) == {"threshold_m", "downsample_m", "n_frames", "culled", "unculled", "depth"}
+    assert (ev["threshold_m"], ev["downsample_m"], ev["n_frames"]) == (0.05, 0.02, 14)
+    keys = {"accuracy_m", "completeness_m", "precision", "recall", "fscore"}
+    assert set(ev["culled"]) == keys and set(ev["unculled"]) == keys
+    assert ev["culled"]["fscore"] > 0.95 and ev["unculled"]["fscore"] > 0.9
+    assert ev["culled"]["accuracy_m"] < 0.01 and ev["unculled"]["accuracy_m"] < 0.01
+    # depth/lidar is the GT depth rendered at half size: nearest upsampling errs only at slanted pixels
+    assert set(ev["depth"]) == {"l1_m", "rmse_m", "absrel", "delta_0.5"}
+    assert 0 < ev["depth"]["l1_m"] < 0.01 and ev["depth"]["delta_0.5"] > 0.98
+    curve = json.loads(evaluate.curve_path(workdir).read_text())
+    assert curve["thresholds_m"] == pytest.approx([0.01 * k for k in range(1, 11)])
+    assert curve["culled"]["fscore"][4] == pytest.approx(ev["culled"]["fscore"])
+    assert np.all(np.diff(curve["unculled"]["recall"]) >= 0)
+
+
+def test_mesh_in_world_frame_with_wall_colours(room):
+    workdir, _ = room
+    m = trimesh.load(workdir / "mesh.ply", process=False)
+    v = np.asarray(m.vertices)
+    # the fused walls lie on the room's walls (bounds within a voxel)
+    np.testing.assert_allclose(v.min(0), [0, 0, 0], atol=0.02)
+    np.testing.assert_allclose(v.max(0), ROOM_SIZE_M, atol=0.02)
+    colors = np.asarray(m.visual.vertex_colors)[:, :3].astype(int)
+    floor = (v[:, 1] < 0.01) & (np.abs(v[:, 0] - 2) < 1.5) & (np.abs(v[:, 2] - 1.5) < 1)
+    assert floor.sum() > 1000
+    np.testing.assert_allclose(np.median(colors[floor], axis=0), FACE_COLORS[(1, 1)], atol=10)
+
+
+def test_exports_reload_with_same_vertices_and_colours(room):
+    workdir, res = room
+    assert res["meshes"] == [workdir / "mesh.ply", workdir / "mesh.obj", workdir / "mesh.glb"]
+    ref = trimesh.load(workdir / "mesh.ply", process=False)
+    for name in ("mesh.obj", "mesh.glb"):
+        other = trimesh.load(workdir / name, force="mesh", process=False)
+        assert len(other.vertices) == len(ref.vertices), name
+        assert len(other.faces) == len(ref.faces), name
+        np.testing.assert_allclose(other.vertices, ref.vertices, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(other.visual.vertex_colors)[:, :3],
+                                   np.asarray(ref.visual.vertex_colors)[:, :3], atol=1)
+    manifest = Manifest.read(mesh.mesh_dir(workdir))
+    assert manifest.outputs == ["../mesh.ply", "../mesh.obj", "../mesh.glb"]
+    assert manifest.summary["vertices"] == len(ref.vertices)
+
+
+# --------------------------------------------------------------------------- caching
+def test_second_run_does_no_work(room, caplog):
+    workdir, _ = room
+    before = artifact_mtimes(workdir)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        run_all(workdir)
+    assert artifact_mtimes(workdir) == before
+    text = caplog.text
+    assert "fuse: up to date" in text and "mesh: up to date" in text and "eval: up to date" in text
+
+
+def test_changed_voxel_size_reruns_fuse_and_after(tmp_path):
+    workdir = build_workdir(tmp_path, with_gt_depth=False)
+    coarse = FuseConfig(voxel_size_m=0.04)
+    mesh_cfg = MeshConfig(min_component_triangles=50)
+    first = run_all(workdir, coarse, mesh_cfg)
+    assert "depth" not in first["eval"]  # no GT depth in this work directory
+    before = artifact_mtimes_subset(workdir)
+    n_coarse = Manifest.read(mesh.mesh_dir(workdir)).summary["triangles"]
+    run_all(workdir, dataclasses.replace(coarse, voxel_size_m=0.03), mesh_cfg)
+    after = artifact_mtimes_subset(workdir)
+    assert all(after[k] != before[k] for k in before)
+    assert Manifest.read(mesh.mesh_dir(workdir)).summary["triangles"] > 1.5 * n_coarse
+    # a changed mesh setting reruns mesh and eval, not fuse
+    run_all(workdir, dataclasses.replace(coarse, voxel_size_m=0.03), dataclasses.replace(mesh_cfg, weight_threshold=2))
+    again = artifact_mtimes_subset(workdir)
+    assert again["fuse/tsdf.npz"] == after["fuse/tsdf.npz"]
+    assert again["mesh.ply"] != after["mesh.ply"] and again["eval.json"] != after["eval.json"]
+    # a new depth stage fingerprint reruns fuse
+    m = Manifest.read(workdir / "depth" / "lidar")
+    Manifest("depth", "depth-lidar-v2", m.outputs, m.settings).write(workdir / "depth" / "lidar")
+    fuse.run(dataclasses.replace(coarse, voxel_size_m=0.03), workdir, depth_model="lidar")
+    assert (workdir / "fuse" / "tsdf.npz").stat().st_mtime_ns != again["fuse/tsdf.npz"]
+
+
+def artifact_mtimes_subset(workdir: Path) -> dict[str, int]:
+    return {n: (workdir / n).stat().st_mtime_ns for n in ("fuse/tsdf.npz", "mesh.ply", "eval.json")}
+
+
+def test_mesh_follows_a_shifted_world(room, tmp_path):
+    workdir, _ = room
+    shift = np.array([10.0, -3.0, 5.0])
+    shifted = build_workdir(tmp_path, offset=shift, with_gt_depth=False)
+    fuse.run(FUSE, shifted, depth_model="lidar")
+    mesh.run(MeshConfig(), shifted)
+    v0 = np.asarray(trimesh.load(workdir / "mesh.ply", process=False).vertices)
+    v1 = np.asarray(trimesh.load(shifted / "mesh.ply", process=False).vertices)
+    np.testing.assert_allclose(v1.min(0), v0.min(0) + shift, atol=0.02)
+    np.testing.assert_allclose(v1.max(0), v0.max(0) + shift, atol=0.02)
+    np.testing.assert_allclose(v1.mean(0), v0.mean(0) + shift, atol=0.02)
+
+
+def test_out_dir_keeps_variants_apart(room, tmp_path):
+    workdir, _ = room
+    out = tmp_path / "variant"
+    assert fuse.run(FUSE, workdir, depth_model="lidar", out_dir=out) == out / "fuse"
+    assert mesh.run(MeshConfig(), workdir, out_dir=out) == [out / "mesh.ply"]
+    ev = json.loads(evaluate.run(EVAL, workdir, gt_mesh=workdir / "gt_room.ply", out_dir=out).read_text())
+    assert ev["culled"]["fscore"] > 0.95
+    assert Manifest.read(mesh.mesh_dir(out)).outputs == ["../mesh.ply"]
+
+
+# --------------------------------------------------------------------------- pieces
+def test_mask_depth_mm_drops_out_of_range_and_low_confidence():
+    cfg = FuseConfig(depth_min_m=0.2, depth_max_m=3.0, min_confidence=1)
+    depth_mm = np.array([[100, 200, 1500], [3000, 3001, 0]], np.uint16)
+    conf = np.array([[2, 2, 0], [1, 2, 2]], np.uint8)
+    np.testing.assert_array_equal(fuse.mask_depth_mm(depth_mm, conf, cfg), [[0, 200, 0], [3000, 0, 0]])
+    keep_all = dataclasses.replace(cfg, min_confidence=0)
+    np.testing.assert_array_equal(fuse.mask_depth_mm(depth_mm, conf, keep_all), [[0, 200, 1500], [3000, 0, 0]])
+    np.testing.assert_array_equal(fuse.mask_depth_mm(depth_mm, None, cfg), [[0, 200, 1500], [3000, 0, 0]])
+
+
+def test_block_estimate_covers_the_fused_blocks(room):
+    workdir, _ = room
+    estimate = fuse.estimate_block_count(CaptureTable.load(workdir / "capture"), FUSE)
+    fused = Manifest.read(fuse.fuse_dir(workdir)).summary["blocks"]
+    assert fused <= estimate <= 3 * fused
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert list(fuse.prefetch(lambda x: x * x, range(20), max_waiting=2)) == [x * x for x in range(20)]
+
+    def boom(x):
+        if x == 3:
+            raise PromptmeshError("frame 3 broken")
+        return x
+
+    got = []
+    with pytest.raises(PromptmeshError, match="frame 3"):
+        for x in fuse.prefetch(boom, range(10)):
+            got.append(x)
+    assert got == [0, 1, 2]
+
+
+def test_remove_small_components_and_decimate():
+    # a 10 x 10 grid of quads (200 triangles) plus a lone triangle far away
+    n = 11
+    y, x = np.mgrid[0:n, 0:n]
+    vertices = np.stack([x.ravel(), y.ravel(), np.zeros(n * n)], -1).astype(float)
+    idx = np.arange(n * n).reshape(n, n)
+    a, b, c, d = idx[:-1, :-1].ravel(), idx[:-1, 1:].ravel(), idx[1:, 1:].ravel(), idx[1:, :-1].ravel()
+    triangles = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
+    vertices = np.concatenate([vertices, [[50, 50, 0], [51, 50, 0], [50, 51, 0]]])
+    triangles = np.concatenate([triangles, [[121, 122, 123]]])
+    colors = np.zeros((len(vertices), 3), np.uint8)
+    colors[:121] = (10, 20, 30)
+    colors[121:] = (255, 0, 0)
+    m = mesh.MeshArrays(vertices, triangles, colors)
+    cleaned, removed = mesh.remove_small_components(m, 2)
+    assert removed == 1 and len(cleaned.triangles) == 200 and len(cleaned.vertices) == 121
+    np.testing.assert_array_equal(cleaned.vertices, vertices[:121])
+    assert np.all(cleaned.colors == (10, 20, 30))
+    assert mesh.remove_small_components(m, 0)[0] is m
+    small = mesh.decimate(cleaned, 50)
+    assert len(small.triangles) <= 50 and len(small.vertices) < 121
+    assert np.all(small.colors == (10, 20, 30))
+    np.testing.assert_allclose(small.vertices.min(0), [0, 0, 0])  # corners survive a planar collapse
+    np.testing.assert_allclose(small.vertices.max(0), [10, 10, 0])
+
+
+def test_bad_gt_mesh_names_the_file(room, tmp_path):
+    workdir, _ = room
+    broken = tmp_path / "broken.ply"
+    broken.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 99\nend_header\n\x00\x01")
+    with pytest.raises(PromptmeshError, match="broken.ply"):
+        evaluate.run(EVAL, workdir, gt_mesh=broken, force=True)
+    empty = tmp_path / "points.ply"
+    o3d.io.write_point_cloud(str(empty), o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.random.rand(10, 3))))
+    with pytest.raises(PromptmeshError, match="points.ply"):
+        evaluate.run(EVAL, workdir, gt_mesh=empty, force=True)
+    with pytest.raises(PromptmeshError, match="missing.ply"):
+        evaluate.run(EVAL, workdir, gt_mesh=tmp_path / "missing.ply")
+
+
+def test_gt_mesh_in_another_frame_is_reported(room, tmp_path):
+    workdir, _ = room
+    out = tmp_path / "far"  # a copy of the finished mesh stage, so the shared work directory stays as it is
+    shutil.copytree(workdir / "mesh", out / "mesh")
+    shutil.copytree(workdir / "fuse", out / "fuse", ignore=shutil.ignore_patterns("*.npz"))
+    shutil.copy(workdir / "mesh.ply", out / "mesh.ply")
+    far = tmp_path / "far_room.ply"  # 50 m straight above the cameras: outside every view
+    o3d.io.write_triangle_mesh(str(far), o3d.geometry.TriangleMesh.create_box().translate((1.5, 50.0, 1.0)))
+    with pytest.raises(PromptmeshError, match="world frame"):
+        evaluate.run(EVAL, workdir, gt_mesh=far, out_dir=out)
