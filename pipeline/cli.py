@@ -281,10 +281,7 @@ def compare(capture, workdir, gt_mesh, depth_models, config_path, stride, max_fr
     compare.json, compare.md and figures (depth/error maps, F-score vs threshold, top-down error views)."""
     from . import compare as stage
 
-    models = [m.strip() for m in depth_models.split(",") if m.strip()]
-    bad = [m for m in models if m not in DEPTH_MODELS or m == "auto"]
-    if bad or not models:
-        raise PromptmeshError(f"--depth-models: unknown {bad or 'empty list'}; choose from {list(DEPTH_MODELS[1:])}")
+    models = _depth_model_list(depth_models)
     cfg = _build_config(config_path, stride, max_frames, no_blur_select, device=device, voxel_size_m=voxel_size_m)
     path = stage.run(cfg, capture, workdir, gt_mesh=gt_mesh, models=models, force=force)
     click.echo(f"compare: {path}")
@@ -304,6 +301,77 @@ def info(capture):
 
 
 info.help += "\n\n" + CAPTURE_HELP
+
+
+@cli.command()
+@click.argument("root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@opt_workdir
+@click.option("--dataset", required=True, type=click.Choice(["scannetpp", "arkitscenes"]),
+              help="Layout of ROOT: the ScanNet++ release (ROOT/data/<scene>/iphone, scans) or ARKitScenes raw "
+                   "(video folders with lowres_wide/, lowres_depth/, lowres_wide.traj).")
+@click.option("--scenes", default="all", show_default=True,
+              help="Comma-separated scene ids, 'all', or a named list: promptda-table2 (the 13 ScanNet++ scenes of "
+                   "PromptDA's Table 2), promptda-table2-ext (15).")
+@click.option("--depth-models", default="lidar,guided", show_default=True,
+              help="Comma-separated depth models to run on every scene.")
+@click.option("--protocol", type=click.Choice(["default", "promptda-table2"]), default="default", show_default=True,
+              help="default = ours (surface samples, culled); promptda-table2 = the paper's settings and vertex-based "
+                   "evaluation (docs/benchmark_protocols.md). Options given here override the protocol's settings.")
+@click.option("--pose-source", type=click.Choice(["arkit", "colmap", "merged"]), default="arkit", show_default=True,
+              help="ScanNet++ poses: arkit = iphone/pose_intrinsic_imu.json, colmap = iphone/colmap, merged = "
+                   "merge_dslr_iphone/ (the DSLR+iPhone COLMAP re-run PromptDA used).")
+@click.option("--keep-largest-clusters", type=click.IntRange(min=0), default=0, show_default=True,
+              help="promptda-table2: evaluate only the N largest connected pieces of each mesh (the paper's optional "
+                   "cleanup uses 50); 0 = all.")
+@click.option("--jobs", type=click.IntRange(min=0), default=0,
+              help="Scenes in parallel in local worker processes; 0 = one per two CPU cores. [default: 0]")
+@click.option("--ray", "ray_address", help="Run scenes as tasks on the Ray cluster at ADDRESS ('auto', 'ray://host:10001', "
+                                           "or 'local' to start one here); needs pip install 'promptmesh[ray]' and "
+                                           "ROOT and -o at the same paths on every node.")
+@click.option("--gpus-per-scene", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="With --ray: GPUs each scene task reserves (e.g. 1 for PromptDA).")
+@opt_config
+@opt_frames
+@opt_voxel
+@click.option("--depth-resolution", "long_side_px", type=click.IntRange(min=14),
+              help="Long side of the estimated depth maps, pixels. [default: 1008]")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default: auto]")
+@opt_force
+@_guard
+def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_source, keep_largest_clusters, jobs,
+              ray_address, gpus_per_scene, config_path, stride, max_frames, no_blur_select, voxel_size_m, long_side_px,
+              device, force):
+    """Run depth models over many scenes of ROOT (ScanNet++ or ARKitScenes), each through the cached stages in
+    WORKDIR/scenes/<scene>/, and write per-scene and mean tables: WORKDIR/benchmark.{json,md,png}.
+
+    Resumable: finished scenes are skipped, an interrupted one resumes stage by stage.
+
+    \b
+    Example:
+      promptmesh benchmark /data/scannetpp -o work/bench --dataset scannetpp \\
+          --scenes promptda-table2 --depth-models lidar,promptda-vitl --protocol promptda-table2
+    """
+    from . import benchmark as bench
+
+    models = _depth_model_list(depth_models)
+    cfg = bench.apply_protocol(load_config(config_path), protocol, voxel_size_m)
+    cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames, blur_select=False if no_blur_select else None)
+    cfg = override(cfg, "depth", device=device, long_side_px=long_side_px)
+    cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device)
+    path = bench.run(cfg, root, workdir, dataset=dataset, scenes=[s.strip() for s in scenes.split(",") if s.strip()],
+                     models=models, protocol=protocol, pose_source=pose_source,
+                     keep_largest_clusters=keep_largest_clusters, jobs=jobs, ray_address=ray_address,
+                     gpus_per_scene=gpus_per_scene, force=force)
+    click.echo(f"benchmark: {path}")
+
+
+def _depth_model_list(text: str) -> list[str]:
+    """'lidar, guided' -> ['lidar', 'guided']; PromptmeshError for unknown names (auto is not a model)."""
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in models if m not in DEPTH_MODELS or m == "auto"]
+    if bad or not models:
+        raise PromptmeshError(f"--depth-models: unknown {bad or 'empty list'}; choose from {list(DEPTH_MODELS[1:])}")
+    return models
 
 
 def main() -> None:

@@ -4,8 +4,6 @@ Every convention is checked against geometry, not against the fixture writer's c
 back-projected with the pose and K a reader returns must land on the ground-truth surface. A negative
 control shows that the same check fails by decimetres when a pose is read the other way round.
 """
-from pathlib import Path
-
 import numpy as np
 import open3d as o3d
 import pytest
@@ -18,7 +16,7 @@ from pipeline.geometry import FLIP_YZ, backproject, scale_intrinsics, transform_
 from pipeline.readers import READERS, detect
 from pipeline.readers.arkitscenes import ARKitScenesReader
 from pipeline.readers.scannetpp import DepthBin, ScanNetPPReader, gt_mesh_path, scene_dirs
-from tools.make_dataset_fixtures import make_arkitscenes_video, make_scannetpp_scene
+from make_dataset_fixtures import make_arkitscenes_video, make_scannetpp_scene
 
 DIST = (0.06, -0.03, 0.002, -0.001)  # k1 k2 p1 p2: about 8 px at the corners of a 320x240 image
 
@@ -52,7 +50,7 @@ def ark(tmp_path_factory):
 # ----------------------------------------------------------------------------- ScanNet++
 @pytest.mark.parametrize("encoding", ["lz4", "zlib", "stream"])
 def test_depth_bin_encodings_decode_to_the_written_metres(tmp_path, encoding):
-    from tools.make_dataset_fixtures import write_depth_bin
+    from make_dataset_fixtures import write_depth_bin
 
     rng = np.random.default_rng(0)
     depth = rng.uniform(0.3, 6.0, size=(3, 192, 256)).astype(np.float32)

@@ -21,21 +21,20 @@ import argparse
 import json
 import shutil
 import struct
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import cv2
 import lz4.block
 import numpy as np
 import open3d as o3d
+import trimesh
 from scipy.spatial.transform import Rotation
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
-from tools.synthetic_scene import (SCENES, Renderer, arkit_intrinsics, camera_rays, camera_trajectory,  # noqa: E402
-                                   drifted_poses, scene_mesh, shade, simulate_lidar)
+from synthetic_scene import (SCENES, Renderer, arkit_intrinsics, camera_rays, camera_trajectory, drifted_poses,
+                             scene_mesh, shade, simulate_lidar)  # tools/ is on sys.path (script, or tests/conftest.py)
 
 DEPTH_WH = (256, 192)
 """The iPhone LiDAR map size both datasets store."""
@@ -162,7 +161,7 @@ def make_scannetpp_scene(root: Path, scene_id: str, n_frames: int = 8, rgb_size:
                          depth_encoding: DepthEncoding = "lz4", rgb: Literal["jpeg", "video", "both"] = "jpeg",
                          colmap_every: int = 2, merged_every: int = 1, dist=(0.0, 0.0, 0.0, 0.0),
                          drift_m: float = 0.0, drift_deg: float = 0.0, scene: str = "easy",
-                         seed: int = 0) -> ScanNetPPTruth:
+                         gt_max_edge_m: float = 0.08, seed: int = 0) -> ScanNetPPTruth:
     """ROOT/<scene_id>/ in the ScanNet++ release layout (plus merge_dslr_iphone/); see the module doc."""
     syn = SCENES[scene]()
     renderer = Renderer(syn)
@@ -173,11 +172,13 @@ def make_scannetpp_scene(root: Path, scene_id: str, n_frames: int = 8, rgb_size:
     T = mesh_from_world()
     dist = np.asarray(dist, np.float64)
 
-    mesh = scene_mesh(syn)
-    mesh.transform(T)
+    # the laser-scan mesh is dense (PromptDA's protocol scores its vertices): split edges to <= gt_max_edge_m
+    mesh = scene_mesh(syn).transform(T)
+    vertices, triangles = trimesh.remesh.subdivide_to_size(np.asarray(mesh.vertices), np.asarray(mesh.triangles),
+                                                           max_edge=gt_max_edge_m, max_iter=20)
     gt_mesh = out / "scans" / "mesh_aligned_0.05.ply"
     gt_mesh.parent.mkdir(parents=True)
-    o3d.io.write_triangle_mesh(str(gt_mesh), mesh)
+    trimesh.Trimesh(vertices, triangles, process=False).export(gt_mesh)
 
     c2w_world = camera_trajectory(syn, n_frames, FPS, seed)
     c2w_true = T @ c2w_world
@@ -215,7 +216,8 @@ def make_scannetpp_scene(root: Path, scene_id: str, n_frames: int = 8, rgb_size:
         writer.release()
 
     colmap_frames = list(range(0, n_frames, colmap_every))
-    write_colmap_text(iphone / "colmap", rgb_size, K, dist, [(f"frame_{i:06d}.jpg", c2w_true[i]) for i in colmap_frames])
+    write_colmap_text(iphone / "colmap", rgb_size, K, dist,
+                      [(f"frame_{i:06d}.jpg", c2w_true[i]) for i in colmap_frames])
     for i in colmap_frames:  # the toolkit's common/render.py output for the COLMAP frames
         _write_png(iphone / "render_depth" / f"frame_{i:06d}.png", _mm(gts[i]))
 

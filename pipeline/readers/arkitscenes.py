@@ -178,7 +178,8 @@ class ARKitScenesReader:
         lidar_size = png_size(entries[0][3])
         gt_by_index = {i: gt.nearest(t, self.match_tolerance_s) for i, t, *_ in entries} if len(gt) else {}
         log.info("arkitscenes: %s, %d frames (%d skipped), RGB %s %dx%d, %d with GT depth", folder.name,
-                 len(entries), len(skipped), self.rgb_asset, *rgb_size, sum(p is not None for p in gt_by_index.values()))
+                 len(entries), len(skipped), self.rgb_asset, *rgb_size,
+                 sum(p is not None for p in gt_by_index.values()))
 
         def gt_depth(frame_index: int) -> Optional[np.ndarray]:
             p = gt_by_index.get(frame_index)
