@@ -212,14 +212,15 @@ def prefetch(fn: Callable[[T], R], items: Iterable[T], max_waiting: int = PREFET
 
 
 # --------------------------------------------------------------------------- pre-sizing
-def estimate_block_count(table: CaptureTable, cfg: FuseConfig, pixel_stride: int = 4, margin: float = 1.5) -> int:
+def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: int = 64,
+                         margin: float = 1.5) -> int:
     """Number of voxel blocks the fusion will touch, estimated from the capture's LiDAR maps (cheap).
 
     Blocks are allocated only near observed surfaces (within the truncation distance along each ray),
-    not in the free space of the camera frusta, so the estimate back-projects every `pixel_stride`-th
-    LiDAR pixel in range, at depth - trunc, depth and depth + trunc along its ray, counts the distinct
-    blocks these points fall in over all frames, and adds `margin` (denser depth maps, small surfaces
-    between sampled pixels). Frames whose LiDAR map is unreadable are left out of the estimate.
+    not in the free space of the camera frusta, so the estimate back-projects a grid of about
+    `samples_per_row` pixels per row of each LiDAR map, at depth - trunc, depth and depth + trunc along
+    each ray, counts the distinct blocks these points fall in over all frames and adds `margin` (denser
+    depth maps, surface between the sampled pixels). Frames whose LiDAR map is unreadable are left out.
     """
     block_m = cfg.voxel_size_m * cfg.block_resolution
     trunc_m = cfg.sdf_trunc_voxels * cfg.voxel_size_m
@@ -229,21 +230,26 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, pixel_stride: int
         if depth_mm is None or depth_mm.ndim != 2:
             continue
         h, w = depth_mm.shape
+        stride = max(1, w // samples_per_row)
         K = scale_intrinsics(table.K_rgb[i], (int(table.width[i]), int(table.height[i])), (w, h))
-        v, u = np.mgrid[0:h:pixel_stride, 0:w:pixel_stride]
+        v, u = np.mgrid[0:h:stride, 0:w:stride]
         z = depth_mm[v, u].astype(np.float64) / DEPTH_SCALE
         ok = (z >= cfg.depth_min_m) & (z <= cfg.depth_max_m) & (z > 0)
         u, v, z = u[ok], v[ok], z[ok]
         rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], -1)
         step = trunc_m / np.linalg.norm(rays, axis=1)  # trunc along the ray, in units of z
-        camera_to_world = table.camera_to_world[i]
         for dz in (-step, 0.0, step):
-            p_world = transform_points(camera_to_world, rays * (z + dz)[:, None])
-            keys.append(np.unique(np.floor(p_world / block_m).astype(np.int64), axis=0))
+            block = np.floor(transform_points(table.camera_to_world[i], rays * (z + dz)[:, None]) / block_m)
+            keys.append(_pack_block_keys(block.astype(np.int64)))
     if not keys:
         return 1024
-    n_blocks = len(np.unique(np.concatenate(keys), axis=0))
-    return max(1024, int(n_blocks * margin))
+    return max(1024, int(len(np.unique(np.concatenate(keys))) * margin))
+
+
+def _pack_block_keys(block: np.ndarray) -> np.ndarray:
+    """(N,3) int64 block coordinates (|c| < 2**20 blocks) -> (N,) int64 keys, one per block."""
+    b = block + (1 << 20)
+    return (b[:, 0] << 42) | (b[:, 1] << 21) | b[:, 2]
 
 
 # --------------------------------------------------------------------------- stage
@@ -280,6 +286,7 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     world_to_camera = np.linalg.inv(table.camera_to_world)
     frames = prefetch(lambda i: prepare_frame(table, i, depth_dir, cfg), range(len(table)))
     n_valid_px = 0
+    t_integrate = time.perf_counter()
     for f in tqdm(frames, total=len(table), desc="fuse", unit="frame", disable=None, leave=False):
         depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.depth_mm)).to(device)
         color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.rgb)).to(device)
@@ -292,6 +299,7 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
         n_valid_px += n_valid
         log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), n_valid,
                   grid.hashmap().size())
+    t_save = time.perf_counter()
     n_blocks = int(grid.hashmap().size())
     if n_blocks == 0:
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
@@ -301,9 +309,12 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=[TSDF_NAME], settings=settings,
              summary={"frames": len(table), "blocks": n_blocks, "blocks_presized": block_count,
-                      "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3)}).write(out)
-    log.info("fuse: %d frames in %.1f s (%.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table), seconds,
-             len(table) / max(seconds, 1e-9), n_blocks, block_count, out / TSDF_NAME)
+                      "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
+                      "seconds_presize": round(t_integrate - t0, 3),
+                      "seconds_integrate": round(t_save - t_integrate, 3),
+                      "seconds_save": round(time.perf_counter() - t_save, 3)}).write(out)
+    log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
+             seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, out / TSDF_NAME)
     return out
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import struct
 from pathlib import Path
 
 import cv2
@@ -155,6 +156,12 @@ def test_mesh_in_world_frame_with_wall_colours(room):
     # the fused walls lie on the room's walls (bounds within a voxel)
     np.testing.assert_allclose(v.min(0), [0, 0, 0], atol=0.02)
     np.testing.assert_allclose(v.max(0), ROOM_SIZE_M, atol=0.02)
+    # vertices lie on the walls: exact depth fuses to within ~1 mm (a half-pixel projection error in the
+    # intrinsics handed to Open3D would move the floor, seen from above at a slant, by ~5 mm)
+    to_walls = np.minimum(np.abs(v), np.abs(v - ROOM_SIZE_M))  # distance to each axis' two walls
+    assert np.mean(to_walls.min(1)) < 0.002
+    floor_y = v[(v[:, 1] < 0.05) & (np.abs(v[:, 0] - 2) < 1.5) & (np.abs(v[:, 2] - 1.5) < 1), 1]
+    assert abs(np.mean(floor_y)) < 0.0015
     colors = np.asarray(m.visual.vertex_colors)[:, :3].astype(int)
     floor = (v[:, 1] < 0.01) & (np.abs(v[:, 0] - 2) < 1.5) & (np.abs(v[:, 2] - 1.5) < 1)
     assert floor.sum() > 1000
@@ -172,6 +179,13 @@ def test_exports_reload_with_same_vertices_and_colours(room):
         np.testing.assert_allclose(other.vertices, ref.vertices, atol=1e-5)
         np.testing.assert_allclose(np.asarray(other.visual.vertex_colors)[:, :3],
                                    np.asarray(ref.visual.vertex_colors)[:, :3], atol=1)
+    # the GLB is glTF 2.0 with per-vertex colours and normals (what viewers need for shading)
+    glb = (workdir / "mesh.glb").read_bytes()
+    magic, version, length = struct.unpack("<4sII", glb[:12])
+    chunk_length = struct.unpack("<I", glb[12:16])[0]
+    gltf = json.loads(glb[20:20 + chunk_length])
+    assert (magic, version, length) == (b"glTF", 2, len(glb))
+    assert {"POSITION", "COLOR_0", "NORMAL"} <= set(gltf["meshes"][0]["primitives"][0]["attributes"])
     manifest = Manifest.read(mesh.mesh_dir(workdir))
     assert manifest.outputs == ["../mesh.ply", "../mesh.obj", "../mesh.glb"]
     assert manifest.summary["vertices"] == len(ref.vertices)
@@ -210,6 +224,11 @@ def test_changed_voxel_size_reruns_fuse_and_after(tmp_path):
     Manifest("depth", "depth-lidar-v2", m.outputs, m.settings).write(workdir / "depth" / "lidar")
     fuse.run(dataclasses.replace(coarse, voxel_size_m=0.03), workdir, depth_model="lidar")
     assert (workdir / "fuse" / "tsdf.npz").stat().st_mtime_ns != again["fuse/tsdf.npz"]
+    # a missing depth map is named, and the stage is left not done
+    (workdir / "depth" / "lidar" / "000005.png").unlink()
+    with pytest.raises(PromptmeshError, match="000005.png"):
+        fuse.run(coarse, workdir, depth_model="lidar")
+    assert Manifest.read(fuse.fuse_dir(workdir)) is None
 
 
 def artifact_mtimes_subset(workdir: Path) -> dict[str, int]:
@@ -237,6 +256,9 @@ def test_out_dir_keeps_variants_apart(room, tmp_path):
     ev = json.loads(evaluate.run(EVAL, workdir, gt_mesh=workdir / "gt_room.ply", out_dir=out).read_text())
     assert ev["culled"]["fscore"] > 0.95
     assert Manifest.read(mesh.mesh_dir(out)).outputs == ["../mesh.ply"]
+    # exports of a format no longer asked for are removed with the rerun, not left stale
+    mesh.run(MeshConfig(formats=("glb",)), workdir, out_dir=out)
+    assert (out / "mesh.glb").exists() and not (out / "mesh.ply").exists()
 
 
 # --------------------------------------------------------------------------- pieces
