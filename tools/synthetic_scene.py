@@ -317,7 +317,7 @@ def camera_trajectory(scene: Scene, n_frames: int, fps: float, seed: int) -> np.
     looking across the room (so every wall, the floor and the objects are seen), with a slow side-to-side
     sweep, a walking bob and small hand tremor. Deterministic given `seed`."""
     rng = np.random.default_rng([seed, 1])
-    phase = rng.uniform(0, 2 * np.pi, size=8)
+    phase = rng.uniform(0, 2 * np.pi, size=7)
     (cx, cz), (ax, az) = scene.walk_centre_xz, scene.walk_radii_m
     poses = np.tile(np.eye(4), (n_frames, 1, 1))
     for i in range(n_frames):
