@@ -169,9 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     help="size of the Stray gt_depth/ PNGs (default: the RGB size)")
     ap.add_argument("--flat", action="store_true",
                     help="write the Stray capture directly into OUT_DIR (GT files inside it)")
-    ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(level=logging.INFO,
                         format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
     try:
         make_capture(args.out_dir, scene=args.scene, n_frames=args.frames, width=args.width, height=args.height,
