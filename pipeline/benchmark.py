@@ -230,7 +230,6 @@ def run_scene(job: SceneJob) -> dict:
     from . import compare, depth, evaluate, fuse, ingest, mesh
     from .capture import CaptureTable
 
-    _worker_logging(job.log_level)
     done = finished(job)
     if done is not None:
         return done
@@ -274,7 +273,7 @@ def run_scene(job: SceneJob) -> dict:
 
 
 def _worker_logging(level: int) -> None:
-    """Give a fresh worker process (pool or Ray) the CLI's log format; a configured logger is left alone."""
+    """Give a worker process (pool or Ray) the CLI's log format; a configured logger is left alone."""
     root = logging.getLogger("pipeline")
     if not root.handlers:
         handler = logging.StreamHandler()
@@ -285,8 +284,10 @@ def _worker_logging(level: int) -> None:
         root.propagate = False
 
 
-def _run_scene_or_error(job: SceneJob) -> tuple[str, Optional[dict], Optional[str]]:
+def _run_scene_or_error(job: SceneJob, in_worker: bool = False) -> tuple[str, Optional[dict], Optional[str]]:
     """(scene, result, None) or (scene, None, one-line error): a user-fixable problem fails one scene only."""
+    if in_worker:
+        _worker_logging(job.log_level)
     try:
         return job.scene_id, run_scene(job), None
     except PromptmeshError as e:
@@ -303,7 +304,7 @@ def _local(jobs: list[SceneJob], workers: int) -> Iterator[tuple[str, Optional[d
 
     # spawn, not fork: torch and Open3D start thread pools that a forked child would inherit broken
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending = {pool.submit(_run_scene_or_error, job) for job in jobs}
+        pending = {pool.submit(_run_scene_or_error, job, True) for job in jobs}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -322,7 +323,7 @@ def _ray(jobs: list[SceneJob], address: str, cpus_per_scene: float,
         ray.init(address=None if address == "local" else address, include_dashboard=False,
                  ignore_reinit_error=True, log_to_driver=True)
     task = ray.remote(num_cpus=cpus_per_scene, num_gpus=gpus_per_scene, max_retries=0)(_run_scene_or_error)
-    pending = [task.remote(job) for job in jobs]
+    pending = [task.remote(job, True) for job in jobs]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         yield ray.get(done[0])

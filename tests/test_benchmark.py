@@ -1,6 +1,7 @@
 """`promptmesh benchmark` over tiny synthetic ScanNet++ / ARKitScenes scenes: tables, resume, Ray, protocols."""
 import dataclasses
 import json
+import logging
 
 import cv2
 import numpy as np
@@ -93,7 +94,10 @@ def test_benchmark_on_a_local_ray_instance(snpp_root, tmp_path):
     assert md.is_file()
 
 
-def test_cli_table2_protocol_with_overrides(snpp_root, tmp_path):
+def test_cli_table2_protocol_with_overrides(snpp_root, tmp_path, monkeypatch):
+    logger = logging.getLogger("pipeline")  # the CLI configures it: restore it for the tests after this one
+    for attr in ("handlers", "propagate", "level"):
+        monkeypatch.setattr(logger, attr, list(logger.handlers) if attr == "handlers" else getattr(logger, attr))
     out = tmp_path / "t2"
     (tmp_path / "fast.toml").write_text("[eval]\nsample_spacing_m = 0.02\n[ingest]\nblur_select = false\n")
     res = CliRunner().invoke(cli, ["-q", "benchmark", str(snpp_root), "-o", str(out), "--dataset", "scannetpp",
