@@ -23,3 +23,6 @@ fi
 python3 -c 'import torch, sys; sys.exit(0 if torch.__version__.startswith("2.13.0") else 1)' 2>/dev/null \
   || python3 -m pip install -q "torch==2.13.0"
 python3 -m pip install -q -e ".[test]"
+# Optional: Ray for `promptmesh benchmark --ray` (its test is skipped when Ray is absent).
+python3 -c 'import ray' 2>/dev/null || python3 -m pip install -q "ray>=2.9" \
+  || echo "setup: Ray did not install; benchmark --ray and its test are unavailable" >&2
