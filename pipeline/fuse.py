@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
@@ -284,21 +285,21 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for a new file
     grid = new_grid(cfg, block_count, device)
     world_to_camera = np.linalg.inv(table.camera_to_world)
-    frames = prefetch(lambda i: prepare_frame(table, i, depth_dir, cfg), range(len(table)))
     n_valid_px = 0
     t_integrate = time.perf_counter()
-    for f in tqdm(frames, total=len(table), desc="fuse", unit="frame", disable=None, leave=False):
-        depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.depth_mm)).to(device)
-        color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.rgb)).to(device)
-        K = o3d.core.Tensor(open3d_intrinsics(f.K_depth))  # float64 on the CPU, as Open3D wants
-        extrinsic = o3d.core.Tensor(world_to_camera[f.index])
-        blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m,
-                                                       trunc_voxels)
-        grid.integrate(blocks, depth, color, K, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
-        n_valid = int(np.count_nonzero(f.depth_mm))
-        n_valid_px += n_valid
-        log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), n_valid,
-                  grid.hashmap().size())
+    with closing(prefetch(lambda i: prepare_frame(table, i, depth_dir, cfg), range(len(table)))) as frames:
+        for f in tqdm(frames, total=len(table), desc="fuse", unit="frame", disable=None, leave=False):
+            depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.depth_mm)).to(device)
+            color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.rgb)).to(device)
+            K = o3d.core.Tensor(open3d_intrinsics(f.K_depth))  # float64 on the CPU, as Open3D wants
+            extrinsic = o3d.core.Tensor(world_to_camera[f.index])
+            blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m,
+                                                           trunc_voxels)
+            grid.integrate(blocks, depth, color, K, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
+            n_valid = int(np.count_nonzero(f.depth_mm))
+            n_valid_px += n_valid
+            log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), n_valid,
+                      grid.hashmap().size())
     t_save = time.perf_counter()
     n_blocks = int(grid.hashmap().size())
     if n_blocks == 0:

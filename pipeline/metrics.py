@@ -32,29 +32,29 @@ DELTA_0_5 = 1.25 ** 0.5
 def sample_surface(vertices: np.ndarray, triangles: np.ndarray, spacing_m: float, seed: int = 0) -> np.ndarray:
     """Uniform random points on a triangle mesh, about one per `spacing_m`**2 of area.
 
-    Triangles are drawn with probability proportional to their area, points uniformly inside each
-    (square-root barycentric trick). Deterministic for a given seed.
+    Each triangle gets floor(area / spacing_m**2 + U) points, U uniform in [0, 1) (randomised rounding:
+    the expected count is proportional to the area, so the density is uniform over the surface), each
+    uniform inside its triangle (square-root barycentric trick). Deterministic for a given seed.
 
     Args:
         vertices: (V,3) vertex positions, metres.
         triangles: (T,3) vertex indices.
-        spacing_m: target mean spacing; the count is ceil(total area / spacing_m**2), at least 1.
+        spacing_m: target mean spacing.
     Returns:
-        (N,3) float64 points.
+        (N,3) float64 points, N about total area / spacing_m**2.
     """
     v = np.asarray(vertices, np.float64)
-    tri = v[np.asarray(triangles, np.int64)]  # (T,3,3)
-    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
-    total = float(area.sum())
-    if not total > 0:
-        raise ValueError(f"mesh has no area ({len(tri)} triangles)")
-    n = max(1, int(np.ceil(total / spacing_m**2)))
+    t = np.asarray(triangles, np.int64).reshape(-1, 3)
+    a, b, c = v[t[:, 0]], v[t[:, 1]], v[t[:, 2]]
+    area = 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1)
+    if not area.sum() > 0:
+        raise ValueError(f"mesh has no area ({len(t)} triangles)")
     rng = np.random.default_rng(seed)
-    pick = rng.choice(len(tri), size=n, p=area / total)
-    r1 = np.sqrt(rng.random(n))[:, None]
-    r2 = rng.random(n)[:, None]
-    a, b, c = tri[pick, 0], tri[pick, 1], tri[pick, 2]
-    return (1 - r1) * a + r1 * (1 - r2) * b + r1 * r2 * c
+    counts = np.floor(area / spacing_m**2 + rng.random(len(t))).astype(np.int64)
+    pick = np.repeat(np.arange(len(t)), counts)
+    r1 = np.sqrt(rng.random(len(pick)))[:, None]
+    r2 = rng.random(len(pick))[:, None]
+    return (1 - r1) * a[pick] + r1 * (1 - r2) * b[pick] + r1 * r2 * c[pick]
 
 
 def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:
@@ -68,10 +68,16 @@ def voxel_downsample(points: np.ndarray, voxel_m: float) -> np.ndarray:
     if len(p) == 0:
         return p
     keys = np.floor(p / voxel_m).astype(np.int64)
-    _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    sums = np.zeros((len(counts), 3))
-    np.add.at(sums, inverse, p)
+    keys -= keys.min(axis=0)
+    dims = keys.max(axis=0) + 1
+    if np.prod(dims.astype(np.float64)) >= 2.0**62:
+        raise ValueError(f"point extent {dims} voxels is too large for one int64 voxel index; use a larger voxel")
+    voxel_index = np.ravel_multi_index(tuple(keys.T), tuple(dims))  # lexicographic (x, y, z) order
+    order = np.argsort(voxel_index, kind="stable")
+    voxel_index, p = voxel_index[order], p[order]
+    starts = np.flatnonzero(np.r_[True, voxel_index[1:] != voxel_index[:-1]])
+    sums = np.add.reduceat(p, starts, axis=0)
+    counts = np.diff(np.r_[starts, len(p)])
     return sums / counts[:, None]
 
 
@@ -81,8 +87,8 @@ def point_distances(pred_points: np.ndarray, gt_points: np.ndarray) -> tuple[np.
     gt = np.asarray(gt_points, np.float64).reshape(-1, 3)
     if len(pred) == 0 or len(gt) == 0:
         raise ValueError(f"need points on both sides (pred {len(pred)}, gt {len(gt)})")
-    d_pred_to_gt, _ = cKDTree(gt).query(pred, k=1)
-    d_gt_to_pred, _ = cKDTree(pred).query(gt, k=1)
+    d_pred_to_gt, _ = cKDTree(gt).query(pred, k=1, workers=-1)
+    d_gt_to_pred, _ = cKDTree(pred).query(gt, k=1, workers=-1)
     return d_pred_to_gt, d_gt_to_pred
 
 

@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import struct
+import threading
 from pathlib import Path
 
 import cv2
@@ -292,6 +293,11 @@ def test_prefetch_keeps_order_and_reraises():
         for x in fuse.prefetch(boom, range(10)):
             got.append(x)
     assert got == [0, 1, 2]
+    # a consumer that stops early stops the reader thread too
+    gen = fuse.prefetch(lambda x: x, range(1000), max_waiting=2)
+    assert next(gen) == 0
+    gen.close()
+    assert not any(t.name == "fuse-prefetch" for t in threading.enumerate())
 
 
 def test_remove_small_components_and_decimate():
