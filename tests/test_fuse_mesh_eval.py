@@ -350,3 +350,19 @@ def test_gt_mesh_in_another_frame_is_reported(room, tmp_path):
     o3d.io.write_triangle_mesh(str(far), o3d.geometry.TriangleMesh.create_box().translate((1.5, 50.0, 1.0)))
     with pytest.raises(PromptmeshError, match="world frame"):
         evaluate.run(EVAL, workdir, gt_mesh=far, out_dir=out)
+
+
+def test_weight_threshold_counts_observations():
+    """One frame gives every voxel weight 1: threshold 1 keeps the surface, 2 needs a second view."""
+    grid = fuse.new_grid(FuseConfig(), 1024, o3d.core.Device("CPU:0"))
+    depth = o3d.t.geometry.Image(o3d.core.Tensor(np.full((60, 80), 1500, np.uint16)))
+    color = o3d.t.geometry.Image(o3d.core.Tensor(np.full((60, 80, 3), 128, np.uint8)))
+    K = o3d.core.Tensor(fuse.open3d_intrinsics(np.array([[50.0, 0, 40], [0, 50.0, 30], [0, 0, 1]])))
+    E = o3d.core.Tensor(np.eye(4))
+    blocks = grid.compute_unique_block_coordinates(depth, K, E, 1000.0, 5.0, 4.0)
+    grid.integrate(blocks, depth, color, K, K, E, 1000.0, 5.0, 4.0)
+    once = mesh.extract(grid, 1)
+    assert len(once.triangles) > 1000
+    np.testing.assert_allclose(once.vertices[:, 2], 1.5, atol=1e-3)
+    assert np.all(np.abs(once.colors.astype(int) - 128) <= 1)
+    assert len(mesh.extract(grid, 2).triangles) == 0
