@@ -25,6 +25,8 @@ import numpy as np
 from .errors import PromptmeshError
 
 MANIFEST_NAME = "manifest.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 SCHEMA_VERSION = 1
 
 
@@ -35,6 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give artifacts normal file permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -31,6 +31,7 @@ TABLE_COLUMNS = [  # (header, section, key, scale, format)
     ("RMSE (cm)", "depth", "rmse_m", 100, "{:.2f}"),
     ("AbsRel", "depth", "absrel", 1, "{:.4f}"),
     ("δ0.5", "depth", "delta_0.5", 1, "{:.3f}"),
+    ("Coverage", "depth", "coverage", 1, "{:.3f}"),
     ("Acc (cm)", "culled", "accuracy_m", 100, "{:.2f}"),
     ("Comp (cm)", "culled", "completeness_m", 100, "{:.2f}"),
     ("Prec", "culled", "precision", 1, "{:.3f}"),
@@ -70,6 +71,9 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Path, models
             mesh.run(cfg.mesh, workdir, out_dir=out, force=force)
             eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, out_dir=out, force=force)
             results[model] = json.loads(Path(eval_path).read_text())
+            curve = json.loads(evaluate.curve_path(out).read_text())
+            if "depth" in results[model]:  # metrics are on pixels valid in both: show how many those are
+                results[model]["depth"]["coverage"] = curve["depth"]["coverage"]
         if not results:
             raise PromptmeshError(f"compare: no model could run ({skipped}); add lidar or guided to --depth-models")
         figures = _figures(workdir, gt_mesh, list(results), cfg)

@@ -257,7 +257,7 @@ def run(cfg: EvalConfig, workdir: Path, gt_mesh: Path, out_dir: Optional[Path] =
     if depth_sums is not None:
         report["depth"] = depth_sums.metrics()
         curve["depth"] = {"depth_model": depth_model, "pixels": depth_sums.n_pixels,
-                          "pred_valid_fraction": depth_sums.pred_valid / depth_sums.n_pixels}
+                          "coverage": depth_sums.coverage}
 
     atomic_write_json(curve_path(out_dir), curve)
     atomic_write_json(eval_path(out_dir), report)

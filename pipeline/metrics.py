@@ -10,10 +10,10 @@ point of the other set is taken.
 - recall         = share of GT points with distance < threshold (strict <)
 - fscore         = 2 P R / (P + R), 0 when P + R = 0
 
-Depth metrics compare a predicted depth map with a GT depth map on the pixels where GT is valid
-(gt > 0). A prediction that is invalid there (pred <= 0 or not finite) is *not* excluded: it counts as
-pred = 0 (error = gt, relative error 1, never within the delta ratio). Excluding such pixels would
-reward a model for dropping hard pixels.
+Depth metrics compare a predicted depth map with a GT depth map on the pixels where both are valid
+(gt > 0 and pred > 0, finite), as the PromptDA paper's metrics assume dense predictions. Because a
+model could then look better by dropping hard pixels, `coverage` (share of valid-GT pixels that have a
+valid prediction) is always reported beside them.
 
 All distances are metres; points are (N, 3) float arrays in one common frame.
 """
@@ -140,13 +140,14 @@ class DepthErrorSums:
     pixels were concatenated.
     """
 
+    n_gt: int = 0
+    """Valid GT pixels seen."""
     n_pixels: int = 0
+    """Valid GT pixels where the prediction is valid too: the pixels the metrics are computed on."""
     abs_sum: float = 0.0
     sq_sum: float = 0.0
     absrel_sum: float = 0.0
     delta_count: int = 0
-    pred_valid: int = 0
-    """Valid GT pixels where the prediction is valid too (pred > 0)."""
 
     def add(self, pred_m: np.ndarray, gt_m: np.ndarray) -> "DepthErrorSums":
         """Accumulate one frame: pred and GT (H,W) depth in metres, same shape, GT 0 = invalid."""
@@ -154,26 +155,29 @@ class DepthErrorSums:
         gt = np.asarray(gt_m, np.float64)
         if pred.shape != gt.shape:
             raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
-        valid = np.isfinite(gt) & (gt > 0)
+        valid_gt = np.isfinite(gt) & (gt > 0)
+        valid = valid_gt & np.isfinite(pred) & (pred > 0)
         g = gt[valid]
         p = pred[valid]
-        p = np.where(np.isfinite(p) & (p > 0), p, 0.0)  # invalid prediction = 0 (counts as an error)
         err = np.abs(p - g)
-        ok = p > 0
-        ratio = np.full(g.shape, np.inf)  # an invalid prediction is never within the ratio bound
-        ratio[ok] = np.maximum(p[ok] / g[ok], g[ok] / p[ok])
+        ratio = np.maximum(p / g, g / p)
+        self.n_gt += int(valid_gt.sum())
         self.n_pixels += int(g.size)
         self.abs_sum += float(err.sum())
         self.sq_sum += float((err**2).sum())
         self.absrel_sum += float((err / g).sum())
         self.delta_count += int((ratio < DELTA_0_5).sum())
-        self.pred_valid += int(ok.sum())
         return self
 
+    @property
+    def coverage(self) -> float:
+        """Share of valid-GT pixels with a valid prediction (0 when there is no valid GT)."""
+        return self.n_pixels / self.n_gt if self.n_gt else 0.0
+
     def metrics(self) -> dict:
-        """dict(l1_m, rmse_m, absrel, delta_0.5) over all accumulated pixels; ValueError when there are none."""
+        """dict(l1_m, rmse_m, absrel, delta_0.5) over pixels valid in both; ValueError when there are none."""
         if self.n_pixels == 0:
-            raise ValueError("no valid GT depth pixels")
+            raise ValueError("no pixels where both GT and predicted depth are valid")
         n = self.n_pixels
         return {
             "l1_m": self.abs_sum / n,
@@ -184,8 +188,8 @@ class DepthErrorSums:
 
 
 def depth_metrics(pred_m: np.ndarray, gt_m: np.ndarray) -> dict:
-    """L1, RMSE (metres), AbsRel and delta_0.5 of one depth map on the valid GT pixels (gt > 0).
+    """L1, RMSE (metres), AbsRel and delta_0.5 of one depth map on pixels valid in both (module doc).
 
-    pred_m, gt_m: (H,W) depth in metres, same shape. Invalid predictions count as 0 (module doc).
+    pred_m, gt_m: (H,W) depth in metres, same shape; 0 or non-finite = invalid.
     """
     return DepthErrorSums().add(pred_m, gt_m).metrics()

@@ -123,17 +123,20 @@ def test_sample_surface_count_bounds_and_area_weighting():
 
 
 def test_depth_metrics_by_hand():
-    gt = np.array([[1.0, 2.0], [0.0, 4.0]])    # (1,0) invalid GT: ignored
-    pred = np.array([[1.1, 0.0], [5.0, 4.0]])  # (0,1) invalid prediction: counts as 0
-    m = depth_metrics(pred, gt)
-    # errors on the 3 valid GT pixels: 0.1, 2.0, 0.0
-    assert m["l1_m"] == pytest.approx(2.1 / 3)
-    assert m["rmse_m"] == pytest.approx(np.sqrt((0.01 + 4.0) / 3))
-    assert m["absrel"] == pytest.approx((0.1 + 1.0 + 0.0) / 3)
-    # ratios 1.1 (< 1.118), inf, 1.0
+    gt = np.array([[1.0, 2.0, 3.0], [0.0, 4.0, 2.0]])    # (1,0) invalid GT: ignored
+    pred = np.array([[1.1, 0.0, 3.0], [5.0, 4.0, 2.5]])  # (0,1) invalid prediction: excluded, lowers coverage
+    sums = DepthErrorSums().add(pred, gt)
+    m = sums.metrics()
+    assert m == depth_metrics(pred, gt)
+    # errors on the 4 pixels valid in both: 0.1, 0.0, 0.0, 0.5
+    assert m["l1_m"] == pytest.approx(0.6 / 4)
+    assert m["rmse_m"] == pytest.approx(np.sqrt((0.01 + 0.25) / 4))
+    assert m["absrel"] == pytest.approx((0.1 / 1 + 0.5 / 2) / 4)
+    # ratios 1.1 (< 1.118), 1.0, 1.0, 1.25 (> 1.118)
     assert 1.1 < DELTA_0_5 < 1.2
-    assert m["delta_0.5"] == pytest.approx(2 / 3)
+    assert m["delta_0.5"] == pytest.approx(3 / 4)
     assert set(m) == {"l1_m", "rmse_m", "absrel", "delta_0.5"}
+    assert sums.coverage == pytest.approx(4 / 5)
 
 
 def test_depth_sums_pool_pixels_like_concatenation():
@@ -146,6 +149,6 @@ def test_depth_sums_pool_pixels_like_concatenation():
     concat = depth_metrics(np.concatenate([pred_a.ravel(), pred_b.ravel()]),
                            np.concatenate([gt_a.ravel(), gt_b.ravel()]))
     assert pooled.metrics() == pytest.approx(concat)
-    assert pooled.n_pixels == 18 + 6 and pooled.pred_valid == 18 + 5
+    assert pooled.n_gt == 18 + 6 and pooled.n_pixels == 18 + 5
     with pytest.raises(ValueError):
         DepthErrorSums().metrics()
