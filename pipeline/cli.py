@@ -84,8 +84,8 @@ def opt_depth(f):
                      help="Where to run PromptDA and TSDF fusion. [default: auto]")(f)
     f = click.option("--depth-resolution", "long_side_px", type=click.IntRange(min=14),
                      help="Long side of the estimated depth maps in pixels (1008 like the official script; 3840 "
-                          "for 4K). On a 2-core CPU PromptDA ViT-S takes seconds per frame at 1008; use a GPU "
-                          "for 4K. [default: 1008]")(f)
+                          "for 4K). CPU users: PromptDA ViT-S takes ~3 s per frame at 1008 on 2 cores (ViT-L "
+                          "several times more); lidar/guided well under 1 s. Use a GPU for 4K. [default: 1008]")(f)
     return f
 
 
