@@ -78,11 +78,12 @@ def test_outputs_names_sizes_and_millimetres(tmp_path, model):
     assert pngs(out) == [f"{5 * k:06d}.png" for k in range(N_FRAMES)]
     w, h = output_size(*RGB_WH, 32)
     assert (w, h) == (32, 24)
+    tolerance_mm = {"lidar": 0, "guided": 25}[model]  # guided re-estimates low-confidence samples (< 1 %)
     for k, (name, mm) in enumerate(read_all(out).items()):
         assert mm.dtype == np.uint16 and mm.shape == (h, w)
-        # the wall is flat at 2.5 m: far from the box, every model returns it to the millimetre
-        assert mm[20:, :].min() == 2500 and mm[20:, :].max() == 2500
-        assert mm[8, (10 + 6 * k) // 2 + 5] == 1000 + 10 * k  # box centre, metres -> mm round trip
+        # the wall is flat at 2.5 m: below the box, lidar returns it to the millimetre
+        assert np.abs(mm[20:, :].astype(int) - 2500).max() <= tolerance_mm
+        assert abs(int(mm[8, (10 + 6 * k) // 2 + 5]) - (1000 + 10 * k)) <= tolerance_mm // 2  # box centre
     manifest = Manifest.read(out)
     assert manifest.settings["model"] == model and manifest.summary["computed"] == N_FRAMES
 

@@ -1,9 +1,12 @@
 """Classical depth models (pipeline/depth/classical.py): `lidar` resize and the `guided` upsampler."""
+import json
+
 import cv2
 import numpy as np
 import pytest
 
-from pipeline.depth.classical import GuidedParams, coverage, flying_pixels, guided_upsample, resize_lidar
+from pipeline.depth.classical import (GuidedParams, coverage, edge_aware_smooth, fit_planes, flying_pixels,
+                                      guided_upsample, refine_lidar, resize_lidar)
 
 
 def step_scene(seed: int = 0, H: int = 192, W: int = 256, noise_m: float = 0.01):
@@ -89,7 +92,7 @@ def test_guided_beats_lidar_on_step_edges(with_confidence):
     assert l1 <= 0.9 * l1_base, (l1, l1_base)
     assert coverage(out) >= coverage(base) - 0.01
     assert bad <= 0.5 * bad_base, (bad, bad_base)  # flying pixels removed, not smoothed in
-    assert coverage(out) == pytest.approx(1 - 12 * 16 / gt.size, abs=0.005)  # only the no-return hole is empty
+    assert coverage(out) > coverage(base)  # and the no-return hole in the wall is filled
 
 
 def test_guided_depth_edge_follows_rgb_edge():
@@ -98,6 +101,97 @@ def test_guided_depth_edge_follows_rgb_edge():
     row = 100  # crosses the box's left edge at x = 70 and right edge at x = 150
     wrong = np.abs(out[row] - gt[row]) > 0.10
     assert wrong.sum() <= 2, np.nonzero(wrong)
-    params = GuidedParams(sigma_color=1e6)  # colour ignored: the surface is picked by weight alone
+    params = GuidedParams(sigma_color=1e6, fit_sigma_color=1e6)  # colour ignored: surfaces picked by weight
     blind = guided_upsample(rgb, lidar, None, gt.shape, params)
     assert (np.abs(blind[row] - gt[row]) > 0.10).sum() > wrong.sum()
+
+
+def two_colour_scene(h=24, w=32):
+    """LiDAR-size (h, w) scene: left half a wall 1 m away (dark RGB), right half 3 m away (bright RGB)."""
+    rgb = np.full((h, w, 3), 200, np.uint8)
+    rgb[:, : w // 2] = (40, 60, 80)
+    depth = np.full((h, w), 3.0, np.float32)
+    depth[:, : w // 2] = 1.0
+    return rgb, depth
+
+
+def test_edge_aware_smooth_keeps_constants_and_stops_at_colour_edges():
+    rgb, _ = two_colour_scene()
+    left = (np.arange(32) < 16).astype(np.float64)[None].repeat(24, 0)
+    out = edge_aware_smooth(np.stack([np.full((24, 32), 7.0), left]), rgb, sigma_spatial=10, sigma_color=30)
+    np.testing.assert_allclose(out[0], 7.0, rtol=1e-9)
+    assert out[1][:, :16].min() > 0.999 and out[1][:, 16:].max() < 0.001
+    blind = edge_aware_smooth(left[None], np.zeros_like(rgb), sigma_spatial=10, sigma_color=30)[0]
+    assert blind[:, 16].mean() > 0.3  # without a colour edge it spreads
+
+
+def test_fit_planes_extrapolates_a_plane_within_its_colour_region():
+    h, w = 24, 32
+    y, x = np.mgrid[0:h, 0:w]
+    disparity = 0.4 + 0.004 * x + 0.002 * y  # a plane (inverse depth is affine in the image)
+    weight = (x < 20).astype(np.float64)  # samples only on the left; same colour everywhere
+    est, support = fit_planes(disparity, weight, np.full((h, w, 3), 128, np.uint8), GuidedParams())
+    np.testing.assert_allclose(est[:, 20:], disparity[:, 20:], rtol=0.01)
+    assert support[:, :20].min() > support[:, 31].max() > 0  # support fades away from the samples
+
+
+def test_refine_snaps_bleeding_to_the_surface_of_its_colour_and_fills_holes():
+    rgb, gt = two_colour_scene()
+    lidar = gt.copy()
+    lidar[:, 16:19] = 1.0  # the near wall's depth bleeds 3 pixels into the far one ...
+    confidence = np.full(gt.shape, 2, np.uint8)
+    confidence[:, 13:22] = 0  # ... where the sensor's confidence is low
+    lidar[5:9, 24:28] = 0  # no return inside the far wall
+    out = refine_lidar(rgb, lidar, confidence)
+    np.testing.assert_allclose(out, gt, rtol=0.01)
+    plain = refine_lidar(rgb, lidar, None)  # without confidence the bleeding is not detectable
+    assert np.allclose(plain[:, 16:19], 1.0)
+
+
+def test_refine_drops_unresolvable_blends_but_keeps_thin_structures():
+    rgb, gt = two_colour_scene()
+    rgb[:, 24:26] = (250, 30, 30)  # a thin red pole in front of the far wall ...
+    lidar = gt.copy()
+    lidar[:, 24] = 1.5  # ... measured at one column (its own sample) ...
+    lidar[:, 25] = 2.2  # ... and blended with the wall at the next
+    confidence = np.full(gt.shape, 2, np.uint8)
+    confidence[:, 22:28] = 0
+    out = refine_lidar(rgb, lidar, confidence)
+    assert np.allclose(out[:, 24], 1.5)  # nearest return: kept
+    assert (out[:, 25] == 0).all()  # a blend no reliable sample of its colour explains: dropped
+    np.testing.assert_allclose(out[:, 22:24], 3.0, rtol=0.01)  # low confidence but supported: the wall
+    np.testing.assert_allclose(out[:, 26:28], 3.0, rtol=0.01)
+
+
+@pytest.mark.slow
+def test_guided_beats_lidar_on_the_hard_synthetic_room(tmp_path):
+    """The issue's acceptance check: on the hard synthetic room, depth L1 >= 10 % lower and culled mesh F@5cm
+    >= 0.03 higher than `lidar`, without dropping valid pixels wholesale.
+
+    Small for the test suite (20 frames, 640x480, 2 cm voxels; ~40 s). `lidar` is fused with the default
+    LiDAR-confidence mask (its best: without it flying pixels cost precision); `guided` already uses the
+    confidence and is fused without the mask.
+    """
+    from make_synthetic_capture import make_capture
+    from pipeline import depth, evaluate, fuse, ingest, mesh
+    from pipeline.artifacts import Manifest
+    from pipeline.config import DepthConfig, EvalConfig, FuseConfig, IngestConfig, MeshConfig
+
+    capture = make_capture(tmp_path / "room", scene="hard", n_frames=20, width=640, height=480, codec="mp4v")
+    wd = tmp_path / "work"
+    ingest.run(IngestConfig(), capture["stray"], wd)
+    result = {}
+    for model, min_confidence in (("lidar", 1), ("guided", 0)):
+        depth_dir = depth.run(DepthConfig(model=model), wd)
+        out = wd / model
+        fuse.run(FuseConfig(voxel_size_m=0.02, min_confidence=min_confidence), wd, depth_model=model, out_dir=out)
+        mesh.run(MeshConfig(), wd, out_dir=out)
+        report = json.loads(evaluate.run(EvalConfig(sample_spacing_m=0.01), wd, gt_mesh=capture["gt_mesh"],
+                                         out_dir=out).read_text())
+        result[model] = (report["depth"]["l1_m"], report["culled"]["fscore"],
+                         Manifest.read(depth_dir).summary["coverage_mean_computed"])
+    (l1_lidar, f_lidar, cov_lidar), (l1, f, cov) = result["lidar"], result["guided"]
+    # measured: L1 3.60 -> 2.61 cm, F 0.784 -> 0.822, coverage 0.891 -> 0.870
+    assert l1 <= 0.9 * l1_lidar, result
+    assert f >= f_lidar + 0.03, result
+    assert cov >= cov_lidar - 0.03, result
