@@ -183,10 +183,52 @@ def test_missing_ingest_says_what_to_run(tmp_path):
 
 
 def test_weights_hash_is_cached(tmp_path, monkeypatch):
+    from pipeline.depth import promptda_io
+
     weights = tmp_path / "model.ckpt"
     weights.write_bytes(b"not really weights")
     cache = tmp_path / "depth" / ".weights_sha256.json"
-    first = depth.cached_sha256(weights, cache)
+    first = depth.cached_weights_sha256(weights, cache)
     assert first == hashlib.sha256(b"not really weights").hexdigest()
-    monkeypatch.setattr(depth, "file_sha256", lambda p: pytest.fail("hash recomputed"))
-    assert depth.cached_sha256(weights, cache) == first
+    monkeypatch.setattr(promptda_io, "weights_sha256", lambda p: pytest.fail("hash recomputed"))
+    assert depth.cached_weights_sha256(weights, cache) == first
+
+
+@pytest.fixture(scope="module")
+def vits_checkpoint(tmp_path_factory):
+    """An official-layout PromptDA ViT-S checkpoint with untrained weights (torch's default init)."""
+    import torch
+
+    from pipeline.depth.promptda import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.ckpt"
+    torch.save({"state_dict": {"promptda." + k: v for k, v in build_model("vits").state_dict().items()}}, path)
+    return path
+
+
+def test_promptda_runs_in_batches_and_caches_without_loading(tmp_path, vits_checkpoint, monkeypatch, caplog):
+    from pipeline.depth import promptda_io
+
+    batches = []
+    original = promptda_io.PromptDAPredictor.predict_batch
+
+    def predict_batch(self, rgbs, lidar_depths_m, out_hw=None):
+        batches.append(len(rgbs))
+        return original(self, rgbs, lidar_depths_m, out_hw)
+
+    monkeypatch.setattr(promptda_io.PromptDAPredictor, "predict_batch", predict_batch)
+    wd = make_workdir(tmp_path)
+    cfg = DepthConfig(model="auto", weights=str(vits_checkpoint), device="cpu", long_side_px=32, batch_size=3)
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        assert depth.resolve_model_name(cfg) == "promptda-vits"
+    assert str(vits_checkpoint) in caplog.text
+    out = depth.run(cfg, wd)
+    assert out.name == "promptda-vits" and batches == [3, 1]
+    for k, mm in enumerate(read_all(out).values()):
+        assert mm.shape == (24, 32)
+        assert 1000 + 10 * k <= mm.min() and mm.max() <= 2500  # PromptDA stays inside the prompt's range
+    manifest = Manifest.read(out)
+    assert manifest.settings["weights_sha256"] == hashlib.sha256(vits_checkpoint.read_bytes()).hexdigest()
+    monkeypatch.setattr(promptda_io, "load_promptda", lambda *a, **k: pytest.fail("weights loaded"))
+    assert depth.run(cfg, wd) == out  # up to date: the cached hash matches, nothing is loaded

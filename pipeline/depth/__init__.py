@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, is_current, remove_tree,
-                         upstream_fingerprint, write_png_atomic)
+from ..artifacts import (Manifest, atomic_write_json, fingerprint, is_current, remove_tree, upstream_fingerprint,
+                         write_png_atomic)
 from ..capture import CaptureTable
 from ..config import DEPTH_MODELS, DepthConfig
 from ..errors import PromptmeshError
@@ -83,7 +83,7 @@ class PromptDADepth:
         self.weights_path = promptda_io.resolve_weights(name, cfg.weights or None)  # PromptmeshError: how to get
         self.device = promptda_io.resolve_device(cfg.device)
         self.batch_size = cfg.batch_size
-        self.settings = {"weights_sha256": cached_sha256(self.weights_path, hash_cache),
+        self.settings = {"weights_sha256": cached_weights_sha256(self.weights_path, hash_cache),
                          "precision": cfg.precision, "device_type": self.device.type,
                          "fill_prompt_holes": cfg.fill_prompt_holes}
         self._predictor = None
@@ -125,8 +125,11 @@ def resolve_model_name(cfg: DepthConfig) -> str:
     return "guided"
 
 
-def cached_sha256(path: Path, cache_file: Path) -> str:
-    """sha256 of `path`, remembered in `cache_file` (JSON) by absolute path, size and mtime."""
+def cached_weights_sha256(path: Path, cache_file: Path) -> str:
+    """sha256 of a weights file (promptda_io.weights_sha256), remembered in `cache_file` (JSON) by absolute
+    path, size and mtime, so a 1 GB checkpoint is hashed once, not on every run."""
+    from .promptda_io import weights_sha256
+
     path = Path(path).resolve()
     st = path.stat()
     key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
@@ -136,7 +139,7 @@ def cached_sha256(path: Path, cache_file: Path) -> str:
         cache = {}
     if key not in cache:
         log.info("depth: hashing weights %s", path)
-        cache[key] = file_sha256(path)
+        cache[key] = weights_sha256(path)
         atomic_write_json(cache_file, cache)
     return cache[key]
 
