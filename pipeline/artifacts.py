@@ -9,20 +9,24 @@ its manifest exists, the fingerprint matches and every listed output exists.
 from __future__ import annotations
 
 import dataclasses
-import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 
 from .errors import PromptmeshError
+
+log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 _UMASK = os.umask(0)
@@ -209,63 +213,75 @@ def invalidate(stage_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- workdir lock
-class WorkdirLock:
-    """Exclusive lock on a work directory (`WORKDIR/.lock` holding host and pid).
+TEMPORARY_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
+"""Names of the temporaries of atomic_write_bytes (.NAME.RANDOM.tmp) and atomic_output (.STEM.PID.tmp.EXT)."""
 
-    A second process gets a PromptmeshError. A lock left by a dead process on this host is taken
-    over. Uses O_EXCL creation, so it is safe against races between two starting processes.
+
+def remove_temporaries(folder: Path) -> int:
+    """Delete the temporary files that killed writers left anywhere under `folder`; returns how many.
+
+    Only safe while holding the folder's WorkdirLock (no one else can be writing there)."""
+    n = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if TEMPORARY_NAME.match(name):
+                _unlink_quiet(Path(root) / name)
+                n += 1
+    return n
+
+
+class WorkdirLock:
+    """Exclusive lock on a work directory: an advisory `flock` on `WORKDIR/.lock` (which holds host, pid and
+    start time for the error message).
+
+    A second process gets a PromptmeshError naming the holder. The kernel drops the lock when its holder
+    exits in any way (SIGKILL included), so a lock file left by a dead process is simply taken over. Once
+    taken, temporaries left by killed writers in the work directory are deleted (`remove_temporaries`).
     """
 
     def __init__(self, workdir: Path):
         self.path = Path(workdir) / ".lock"
-        self.held = False
+        self.fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> "WorkdirLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}"
-        for _ in range(2):
+        while True:
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if self._owner_alive():
-                    raise PromptmeshError(
-                        f"{self.path.parent}: another promptmesh process ({self._owner()}) is using this "
-                        "work directory; wait for it to finish or use another -o WORKDIR"
-                    ) from None
-                _unlink_quiet(self.path)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            self.held = True
-            return self
-        raise PromptmeshError(f"{self.path}: could not take the work-directory lock; delete the file and retry")
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(fd, 200).decode(errors="replace").strip() or "starting"
+                os.close(fd)
+                raise PromptmeshError(
+                    f"{self.path.parent}: another promptmesh process ({owner}) is using this work directory; "
+                    "wait for it to finish or use another -o WORKDIR") from None
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:
+                break
+            os.close(fd)  # the holder released (and removed) the file between our open and flock: retry
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode())
+        self.fd = fd
+        n = remove_temporaries(self.path.parent)
+        if n:
+            log.info("removed %d temporary files left by an interrupted run in %s", n, self.path.parent)
+        return self
 
     def release(self) -> None:
-        if self.held:
-            _unlink_quiet(self.path)
-            self.held = False
+        if self.fd is not None:
+            _unlink_quiet(self.path)  # before unlocking, so that a waiting process retries on a fresh file
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-    def _owner(self) -> str:
-        try:
-            return self.path.read_text().strip()
-        except OSError:
-            return "unknown"
-
-    def _owner_alive(self) -> bool:
-        parts = self._owner().split()
-        if len(parts) < 2 or not parts[1].isdigit():
-            return False
-        host, pid = parts[0], int(parts[1])
-        if host != socket.gethostname():
-            return True  # cannot check another host's processes: assume alive
-        try:
-            os.kill(pid, 0)
-        except OSError as e:
-            return e.errno == errno.EPERM
-        return True

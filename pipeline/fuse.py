@@ -15,17 +15,32 @@ Conventions:
   Its intrinsics get the principal point shifted by half a pixel (`open3d_intrinsics`).
 - Truncation = sdf_trunc_voxels * voxel_size_m.
 
-Speed: frames are read and decoded (PNG/JPEG, resize, masking) on a background thread feeding a bounded
-queue, so that integration is the only limit; the voxel hash map is pre-sized (`estimate_block_count`)
-so that it never rehashes mid-run.
+Speed: frames are read and decoded (PNG/JPEG, resize, masking) by two background threads feeding a bounded,
+ordered queue, so that integration is the only limit; the voxel hash map is pre-sized
+(`estimate_block_count`) so that it never rehashes mid-run. Memory: at most PREFETCH_FRAMES decoded frames
+wait; the block estimate keeps only distinct block keys; the volume is saved in slices.
+
+The saved volume (`save_volume`, read by `load_grid`) is compact, not Open3D's own `VoxelBlockGrid.save`
+(20 bytes per voxel, seconds to write): an uncompressed npz holding, for the allocated blocks sorted by key,
+    block_keys (N,3) int32         block coordinates (block edge = voxel_size_m * block_resolution)
+    tsdf       (N,R,R,R) float32   signed distance / truncation, in [-1, 1], as Open3D holds it
+    weight     (N,R,R,R) uint16    observation count (integration adds 1 per frame), clipped at 65535
+    color      (N,R,R,R,3) uint8   RGB, the weighted mean of the observations rounded to the nearest level
+    voxel_size_m, block_resolution
+9 bytes per voxel. The geometry is kept exactly (16-bit distances would move vertices by millimetres on
+edges where the distance barely changes); only colours are rounded. The mesh stage always extracts from
+this file, so rerunning the mesh stage alone gives the same mesh as the run that fused it. Sorting by key
+makes the file identical between runs (Open3D allocates blocks in a thread-dependent order).
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-import queue
-import threading
 import time
+import zipfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +60,19 @@ log = logging.getLogger(__name__)
 
 STAGE = "fuse"
 TSDF_NAME = "tsdf.npz"
+VOLUME_FORMAT = 2
+"""Version of the saved volume's layout (module docstring); part of the fingerprint, so older files are redone."""
 DEPTH_SCALE = 1000.0
 """Depth PNG units per metre (uint16 millimetres)."""
 PREFETCH_FRAMES = 4
 """Decoded frames waiting for integration at most (bounds memory)."""
+PREFETCH_WORKERS = 2
+"""Threads reading and decoding frames (PNG/JPEG decoding releases the GIL)."""
+SAVE_SLICE_BLOCKS = 4096
+"""Blocks converted at a time when saving or loading the volume (bounds the temporary copies to ~60 MB at 8^3
+voxels)."""
+ESTIMATE_FLUSH_KEYS = 1 << 21
+"""Block keys gathered before the estimate reduces them to distinct ones (bounds its memory)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -106,11 +130,11 @@ def mask_depth_mm(depth_mm: np.ndarray, confidence: Optional[np.ndarray], cfg: F
     depth_mm: (h,w) uint16 millimetres, 0 = invalid. confidence: (h,w) uint8 0/1/2 at the same size, or
     None (no confidence: keep all). Returns a new (h,w) uint16 array.
     """
-    d = np.asarray(depth_mm)
+    d = np.asarray(depth_mm, np.uint16)
     drop = (d < cfg.depth_min_m * DEPTH_SCALE) | (d > cfg.depth_max_m * DEPTH_SCALE)
     if confidence is not None and cfg.min_confidence > 0:
         drop |= confidence < cfg.min_confidence
-    return np.where(drop, 0, d).astype(np.uint16)
+    return np.where(drop, np.uint16(0), d)
 
 
 @dataclass
@@ -124,6 +148,8 @@ class PreparedFrame:
     """(h,w,3) uint8 RGB."""
     K_depth: np.ndarray
     """(3,3) intrinsics at (w, h), pixels."""
+    n_valid: int
+    """Depth pixels left after masking."""
 
 
 def _imread(path: Path, flags: int, what: str) -> np.ndarray:
@@ -146,7 +172,7 @@ def _read_rgb_at(path: Path, size_wh: tuple[int, int], full_wh: tuple[int, int])
     if (bgr.shape[1], bgr.shape[0]) != tuple(size_wh):
         shrink = bgr.shape[1] > size_wh[0]
         bgr = cv2.resize(bgr, size_wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second full-size image
 
 
 def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig) -> PreparedFrame:
@@ -161,55 +187,54 @@ def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig)
     if table.confidence_path[i] is not None and cfg.min_confidence > 0:
         confidence = _imread(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map")
         confidence = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_NEAREST)
+    depth_mm = mask_depth_mm(depth_mm, confidence, cfg)
     return PreparedFrame(
         index=i,
-        depth_mm=mask_depth_mm(depth_mm, confidence, cfg),
+        depth_mm=depth_mm,
         rgb=_read_rgb_at(table.root / table.rgb_path[i], (w, h), rgb_wh),
         K_depth=scale_intrinsics(table.K_rgb[i], rgb_wh, (w, h)),
+        n_valid=int(np.count_nonzero(depth_mm)),
     )
 
 
-def prefetch(fn: Callable[[T], R], items: Iterable[T], max_waiting: int = PREFETCH_FRAMES) -> Iterator[R]:
-    """Yield fn(item) for each item, computed on a background thread at most `max_waiting` ahead.
+def prefetch(fn: Callable[[T], R], items: Iterable[T], max_waiting: int = PREFETCH_FRAMES,
+             workers: int = PREFETCH_WORKERS) -> Iterator[R]:
+    """Yield fn(item) for each item in order, computed by `workers` background threads at most `max_waiting`
+    items ahead (so at most that many results wait in memory).
 
-    An exception in fn is re-raised in the consumer; stopping the consumer early stops the thread.
+    An exception in fn is re-raised in the consumer at that item; stopping the consumer early cancels what
+    has not started and joins the threads.
     """
-    q: queue.Queue = queue.Queue(maxsize=max_waiting)
-    stop = threading.Event()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put(("item", fn(item))):
-                    return
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            put(("error", e))
-            return
-        put(("done", None))
-
-    thread = threading.Thread(target=work, name="fuse-prefetch", daemon=True)
-    thread.start()
+    items = iter(items)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fuse-prefetch")
+    pending: deque[Future] = deque(pool.submit(fn, item) for item in itertools.islice(items, max_waiting))
     try:
-        while True:
-            kind, value = q.get()
-            if kind == "item":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+            yield result
     finally:
-        stop.set()
-        thread.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def integrate_frame(grid, frame: PreparedFrame, world_to_camera: np.ndarray, cfg: FuseConfig, device) -> bool:
+    """Integrate one prepared frame into `grid` (allocating the blocks it touches first); False (and nothing
+    done) for a frame without valid depth, which Open3D would refuse.
+
+    world_to_camera: (4,4) OpenCV camera axes. The depth and colour arrays are wrapped, not copied, on the CPU.
+    """
+    import open3d as o3d
+
+    if frame.n_valid == 0:
+        return False
+    depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(frame.depth_mm)).to(device)
+    color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(frame.rgb)).to(device)
+    K = o3d.core.Tensor(open3d_intrinsics(frame.K_depth))  # float64 on the CPU, as Open3D wants
+    extrinsic = o3d.core.Tensor(np.ascontiguousarray(world_to_camera, np.float64))
+    trunc_voxels = float(cfg.sdf_trunc_voxels)
+    blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
+    grid.integrate(blocks, depth, color, K, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
+    return True
 
 
 # --------------------------------------------------------------------------- pre-sizing
@@ -222,10 +247,12 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
     `samples_per_row` pixels per row of each LiDAR map, at depth - trunc, depth and depth + trunc along
     each ray, counts the distinct blocks these points fall in over all frames and adds `margin` (denser
     depth maps, surface between the sampled pixels). Frames whose LiDAR map is unreadable are left out.
+    Memory is bounded by the number of distinct blocks, not the number of frames.
     """
     block_m = cfg.voxel_size_m * cfg.block_resolution
     trunc_m = cfg.sdf_trunc_voxels * cfg.voxel_size_m
-    keys = []
+    keys: list[np.ndarray] = []
+    n_gathered = 0
     for i in range(len(table)):
         depth_mm = cv2.imread(str(table.root / table.lidar_path[i]), cv2.IMREAD_UNCHANGED)
         if depth_mm is None or depth_mm.ndim != 2:
@@ -242,6 +269,10 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
         for dz in (-step, 0.0, step):
             block = np.floor(transform_points(table.camera_to_world[i], rays * (z + dz)[:, None]) / block_m)
             keys.append(_pack_block_keys(block.astype(np.int64)))
+            n_gathered += len(keys[-1])
+        if n_gathered > ESTIMATE_FLUSH_KEYS:
+            keys = [np.unique(np.concatenate(keys))]
+            n_gathered = len(keys[0])
     if not keys:
         return 1024
     return max(1024, int(len(np.unique(np.concatenate(keys))) * margin))
@@ -260,14 +291,12 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
     stage's manifest fingerprint, which in turn covers the capture.
     """
-    import open3d as o3d
-
     workdir = Path(workdir)
     out = fuse_dir(out_dir if out_dir is not None else workdir)
     depth_dir = workdir / "depth" / depth_model
     upstream = upstream_fingerprint(depth_dir, "depth")
     settings = {"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
-                "depth_model": depth_model}
+                "depth_model": depth_model, "volume_format": VOLUME_FORMAT}
     stamp = fingerprint(STAGE, settings, [upstream])
     if not force and is_current(out, stamp):
         log.info("fuse: up to date (%s)", out)
@@ -277,39 +306,37 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     device = select_device(cfg.device)
     t0 = time.perf_counter()
     block_count = estimate_block_count(table, cfg)
-    trunc_voxels = float(cfg.sdf_trunc_voxels)
     log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
              "%d, %d blocks pre-sized", len(table), depth_model, device, cfg.voxel_size_m * 100,
-             trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
+             cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
              block_count)
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for a new file
     grid = new_grid(cfg, block_count, device)
     world_to_camera = np.linalg.inv(table.camera_to_world)
     n_valid_px = 0
+    empty = []
     t_integrate = time.perf_counter()
     with closing(prefetch(lambda i: prepare_frame(table, i, depth_dir, cfg), range(len(table)))) as frames:
         for f in tqdm(frames, total=len(table), desc="fuse", unit="frame", disable=None, leave=False):
-            depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.depth_mm)).to(device)
-            color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(f.rgb)).to(device)
-            K = o3d.core.Tensor(open3d_intrinsics(f.K_depth))  # float64 on the CPU, as Open3D wants
-            extrinsic = o3d.core.Tensor(world_to_camera[f.index])
-            blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m,
-                                                           trunc_voxels)
-            grid.integrate(blocks, depth, color, K, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
-            n_valid = int(np.count_nonzero(f.depth_mm))
-            n_valid_px += n_valid
-            log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), n_valid,
+            if not integrate_frame(grid, f, world_to_camera[f.index], cfg, device):
+                empty.append(table.stem(f.index))
+            n_valid_px += f.n_valid
+            log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), f.n_valid,
                       grid.hashmap().size())
+    if empty:
+        log.warning("fuse: %d frames have no depth within [%g, %g] m and confidence >= %d, so add nothing (%s)",
+                    len(empty), cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
+                    ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""))
     t_save = time.perf_counter()
     n_blocks = int(grid.hashmap().size())
     if n_blocks == 0:
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
-    with atomic_output(out / TSDF_NAME) as tmp:
-        grid.save(str(tmp))
+    save_volume(grid, cfg, out / TSDF_NAME)
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=[TSDF_NAME], settings=settings,
-             summary={"frames": len(table), "blocks": n_blocks, "blocks_presized": block_count,
+             summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
+                      "blocks_presized": block_count,
                       "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
                       "seconds_presize": round(t_integrate - t0, 3),
                       "seconds_integrate": round(t_save - t_integrate, 3),
@@ -319,12 +346,70 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     return out
 
 
-def load_grid(out_dir: Path):
-    """The VoxelBlockGrid saved by `run` in OUT/fuse/ (on the device it was saved from)."""
+# --------------------------------------------------------------------------- the saved volume
+def _gather_blocks(buffer, buf_indices: np.ndarray) -> np.ndarray:
+    """Rows `buf_indices` of an Open3D attribute buffer (capacity, R, R, R, C) as a numpy array."""
+    import open3d as o3d
+
+    if buffer.device.get_type() == o3d.core.Device.DeviceType.CPU:
+        return buffer.numpy()[buf_indices]  # numpy view of the buffer, then one gather
+    return buffer[o3d.core.Tensor(buf_indices, device=buffer.device)].cpu().numpy()
+
+
+def save_volume(grid, cfg: FuseConfig, path: Path) -> Path:
+    """Write `grid`'s allocated blocks atomically in the compact format of the module docstring."""
+    import open3d as o3d
+
+    hashmap = grid.hashmap()
+    buf_indices = hashmap.active_buf_indices().to(o3d.core.int64).cpu().numpy()
+    keys = _gather_blocks(hashmap.key_tensor(), buf_indices).astype(np.int32)
+    order = np.lexsort(keys.T[::-1])  # by x, then y, then z: the same file whatever the allocation order
+    keys, buf_indices = keys[order], buf_indices[order]
+    n, r = len(keys), cfg.block_resolution
+    tsdf = np.empty((n, r, r, r), np.float32)
+    weight = np.empty((n, r, r, r), np.uint16)
+    color = np.empty((n, r, r, r, 3), np.uint8)
+    buffers = {name: grid.attribute(name) for name in ("tsdf", "weight", "color")}
+    for lo in range(0, n, SAVE_SLICE_BLOCKS):
+        rows = buf_indices[lo:lo + SAVE_SLICE_BLOCKS]
+        part = slice(lo, lo + len(rows))
+        tsdf[part] = _gather_blocks(buffers["tsdf"], rows)[..., 0]
+        weight[part] = np.minimum(np.rint(_gather_blocks(buffers["weight"], rows)[..., 0]), np.iinfo(np.uint16).max)
+        color[part] = np.rint(np.clip(_gather_blocks(buffers["color"], rows), 0.0, 255.0))
+    with atomic_output(path) as tmp:
+        np.savez(tmp, block_keys=keys, tsdf=tsdf, weight=weight, color=color,
+                 voxel_size_m=np.float64(cfg.voxel_size_m), block_resolution=np.int64(r))
+    return path
+
+
+def load_grid(out_dir: Path, device: str = "CPU:0"):
+    """The VoxelBlockGrid saved by `run` in OUT/fuse/ (see the module docstring), on `device`."""
     import open3d as o3d
 
     path = tsdf_path(out_dir)
+    fix = "rerun `promptmesh fuse WORKDIR --force`"
     try:
-        return o3d.t.geometry.VoxelBlockGrid.load(str(path))
-    except RuntimeError as e:
-        raise PromptmeshError(f"{path}: unreadable TSDF volume ({e}); rerun `promptmesh fuse WORKDIR --force`") from None
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in ("block_keys", "tsdf", "weight", "color", "voxel_size_m", "block_resolution")}
+    except FileNotFoundError:
+        raise PromptmeshError(f"{path}: TSDF volume missing; {fix}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:  # cut file, missing member
+        raise PromptmeshError(f"{path}: unreadable TSDF volume ({type(e).__name__}: {e}); {fix}") from None
+    n, r = len(arrays["block_keys"]), int(arrays["block_resolution"])
+    cfg = FuseConfig(voxel_size_m=float(arrays["voxel_size_m"]), block_resolution=r)
+    dev = o3d.core.Device(device)
+    grid = new_grid(cfg, max(n, 1), dev)
+    hashmap = grid.hashmap()
+    for lo in range(0, n, SAVE_SLICE_BLOCKS):  # in slices: the float copies stay small
+        part = slice(lo, lo + SAVE_SLICE_BLOCKS)
+        values = [arrays["tsdf"][part, ..., None], arrays["weight"][part, ..., None].astype(np.float32),
+                  arrays["color"][part].astype(np.float32)]
+        hashmap.insert(_tensor(arrays["block_keys"][part], dev), [_tensor(v, dev) for v in values])
+    return grid
+
+
+def _tensor(array: np.ndarray, device):
+    """A numpy array as an Open3D tensor on `device` (no copy on the CPU)."""
+    import open3d as o3d
+
+    return o3d.core.Tensor.from_numpy(np.ascontiguousarray(array)).to(device)

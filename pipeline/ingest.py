@@ -30,6 +30,7 @@ from .config import IngestConfig
 from .errors import PromptmeshError
 from .geometry import is_valid_pose
 from .readers import CaptureReader, open_capture
+from .readers.common import decode_jpeg, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,8 @@ def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
 
 def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
     """float metres (0/NaN/inf/negative = invalid) -> uint16 millimetres (0 = invalid, clipped at 65.535 m)."""
-    d = np.nan_to_num(np.asarray(depth_m, np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    mm = np.rint(d * 1000.0)
-    mm[(mm < 0) | (mm > MAX_DEPTH_MM)] = 0
-    return mm.astype(np.uint16)
+    mm = np.rint(np.asarray(depth_m, np.float64) * 1000.0)
+    return np.where((mm >= 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)  # NaN and inf fail both tests
 
 
 @dataclass
@@ -64,6 +63,8 @@ class _Candidate:
     sharpness: float
     rgb: Optional[np.ndarray]
     """Decoded RGB kept only when the frame has no JPEG to copy."""
+    jpeg: Optional[bytes] = None
+    """The source JPEG's bytes (checked: complete, decodable, the capture's RGB size), to copy unchanged."""
 
 
 @dataclass
@@ -107,20 +108,18 @@ def _select(frames: Iterator[SourceFrame], cfg: IngestConfig, summary: IngestSum
             warn(f"{frame.source_name or frame.frame_index}: pose is not a finite rigid transform; frame skipped")
             continue
         try:
+            rgb, jpeg = None, None
             if frame.rgb_jpeg_path is not None:
-                gray = cv2.imread(str(frame.rgb_jpeg_path), cv2.IMREAD_REDUCED_GRAYSCALE_4)
-                if gray is None:
-                    raise PromptmeshError(f"{frame.rgb_jpeg_path}: unreadable JPEG")
-                rgb = None
+                jpeg = read_bytes(frame.rgb_jpeg_path, "RGB JPEG")
+                gray = _checked_quarter_gray(jpeg, str(frame.rgb_jpeg_path), frame.rgb_size)
             else:
-                rgb = frame.load_rgb()
-                gray = rgb
+                rgb = gray = frame.load_rgb()
             s = sharpness(gray) if cfg.blur_select else 0.0
         except PromptmeshError as e:
             warn(f"{e}; frame skipped")
             continue
         history.append(s)
-        window.append(_Candidate(frame, s, rgb))
+        window.append(_Candidate(frame, s, rgb, jpeg))
         if len(window) == cfg.stride:
             best = best_of(window)
             window = []
@@ -131,6 +130,17 @@ def _select(frames: Iterator[SourceFrame], cfg: IngestConfig, summary: IngestSum
         best = best_of(window)
         if best is not None:
             yield best
+
+
+def _checked_quarter_gray(jpeg: bytes, name: str, size_wh: tuple[int, int]) -> np.ndarray:
+    """A JPEG decoded at 1/4 scale in grey (for sharpness), after checking that it is complete, decodable and
+    `size_wh` (W, H) in size; PromptmeshError naming `name` otherwise."""
+    gray = decode_jpeg(jpeg, name, cv2.IMREAD_REDUCED_GRAYSCALE_4)
+    W, H = size_wh
+    if gray.shape != (-(-H // 4), -(-W // 4)):  # libjpeg's reduced size is ceil(size / 4)
+        raise PromptmeshError(f"{name}: the image is about {gray.shape[1] * 4}x{gray.shape[0] * 4}, the capture's RGB "
+                              f"size is {W}x{H}; re-export the capture or delete this frame")
+    return gray
 
 
 def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_quality: int,
@@ -147,12 +157,8 @@ def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_qualit
     if conf is not None and conf.shape != depth_m.shape:
         raise PromptmeshError(f"{f.source_name}: confidence map {conf.shape} differs from depth {depth_m.shape}")
     rgb_rel = f"rgb/{stem}.jpg"
-    if f.rgb_jpeg_path is not None:
-        data = Path(f.rgb_jpeg_path).read_bytes()
-        head = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-        if head is None:
-            raise PromptmeshError(f"{f.rgb_jpeg_path}: unreadable JPEG")
-        atomic_write_bytes(out / rgb_rel, data)
+    if cand.jpeg is not None:
+        atomic_write_bytes(out / rgb_rel, cand.jpeg)  # checked in _select: copied unchanged
     else:
         rgb = cand.rgb if cand.rgb is not None else f.load_rgb()
         if rgb.shape[:2] != (H, W):
@@ -226,17 +232,23 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
                 warn(f"{e}; frame skipped")
 
     bar = tqdm(total=source.n_frames, desc="ingest", unit="frame", disable=None, leave=False)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        frames = source.frames()
-        counted = _count_progress(frames, bar)
-        for cand in _select(counted, cfg, summary, warn):
-            pending.append((cand, pool.submit(_write_frame, cand, out, source, cfg.jpeg_quality, source.gt_depth)))
-            drain(4)  # bounded: at most a few decoded frames in flight
-        drain(0)
-    bar.close()
-    summary.kept = len(rows)
-    if not rows:
-        raise PromptmeshError(f"{capture_path}: no usable frames ({summary.line()}); check the capture")
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            frames = source.frames()
+            counted = _count_progress(frames, bar)
+            for cand in _select(counted, cfg, summary, warn):
+                pending.append((cand, pool.submit(_write_frame, cand, out, source, cfg.jpeg_quality,
+                                                  source.gt_depth)))
+                drain(4)  # bounded: at most a few decoded frames in flight
+            drain(0)
+        summary.kept = len(rows)
+        if not rows:
+            raise PromptmeshError(f"{capture_path}: no usable frames ({summary.line()}); check the capture")
+    except PromptmeshError:
+        remove_tree(out)  # nothing half-written stays behind
+        raise
+    finally:
+        bar.close()
     rows.sort(key=lambda r: r.frame_index)
     table = write_frames_table(out / "frames.parquet", rows)
     seconds = time.perf_counter() - t0

@@ -2,14 +2,17 @@
 
 Marching cubes on the TSDF (Open3D `extract_triangle_mesh`) keeps voxels observed by at least
 `weight_threshold` frames; Open3D's default (weight > 3) drops surface seen by three frames or fewer, so
-the config default (1) favours recall. Cleanup: connected pieces (vertex-connected) with fewer than
-`min_component_triangles` triangles are dropped (floaters), then optional quadric decimation to about
-`target_triangles`.
+the config default (1) favours recall. Open3D numbers vertices and triangles in a thread-dependent order,
+so the mesh is put in a canonical order (`canonical_order`): the same volume always gives the same file,
+and evaluation (which samples triangles in order) the same scores. Cleanup: connected pieces
+(vertex-connected) with fewer than `min_component_triangles` triangles are dropped (floaters), then
+optional quadric decimation to about `target_triangles`.
 
-The mesh stays in the capture's world frame (the TSDF was integrated there), metres. Export through
-trimesh: PLY (binary, RGBA uchar vertex colours), OBJ (`v x y z r g b`, colours in [0, 1]) and GLB
-(glTF 2.0 binary, COLOR_0 vertex colours and smooth normals; opens in any glTF viewer). glTF itself has
-no world frame: the coordinates are written as they are (ARKit worlds are y up, like glTF).
+The mesh stays in the capture's world frame (the TSDF was integrated there), metres. Export: PLY written
+directly (binary, float32 positions as marching cubes made them, uchar RGB vertex colours); through
+trimesh, OBJ (`v x y z r g b`, colours in [0, 1]) and GLB (glTF 2.0 binary, COLOR_0 vertex colours and
+smooth normals; opens in any glTF viewer). glTF itself has no world frame: the coordinates are written as
+they are (ARKit worlds are y up, like glTF).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy.sparse import coo_matrix
+from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
@@ -67,19 +70,57 @@ def extract(grid, weight_threshold: float) -> MeshArrays:
     except RuntimeError as e:  # Open3D 0.20 fails to attach colours to an empty mesh
         log.debug("mesh: extraction found no surface (%s)", e)
         return MeshArrays(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
-    return MeshArrays(
+    return canonical_order(MeshArrays(
         vertices=m.vertex.positions.numpy().astype(np.float64),
         triangles=m.triangle.indices.numpy().astype(np.int64),
         colors=np.clip(np.rint(m.vertex.colors.numpy() * 255), 0, 255).astype(np.uint8),
-    )
+    ))
+
+
+def canonical_order(mesh: MeshArrays) -> MeshArrays:
+    """The same surface in an order that depends only on its geometry and colours.
+
+    Vertices equal in position (as float32, Open3D's precision) and colour are merged (marching cubes emits
+    a few twice at block borders), then sorted by (x, y, z, r, g, b); each triangle is rotated to start at
+    its smallest index (winding kept), triangles that lost an edge to the merge are dropped, and triangles
+    are sorted by their indices.
+    """
+    xyz = mesh.vertices.astype(np.float32)
+    rgb = mesh.colors.astype(np.uint64)
+    key_xy = (_sortable_bits(xyz[:, 0]) << np.uint64(32)) | _sortable_bits(xyz[:, 1])
+    key_zc = ((_sortable_bits(xyz[:, 2]) << np.uint64(24)) | (rgb[:, 0] << np.uint64(16)) | (rgb[:, 1] << np.uint64(8))
+              | rgb[:, 2])
+    order = np.lexsort((key_zc, key_xy))
+    key_xy, key_zc = key_xy[order], key_zc[order]
+    first_of_kind = np.ones(len(order), bool)  # False where a vertex repeats the one before it
+    first_of_kind[1:] = (key_xy[1:] != key_xy[:-1]) | (key_zc[1:] != key_zc[:-1])
+    remap = np.empty(len(order), np.int64)
+    remap[order] = np.cumsum(first_of_kind) - 1
+    a, b, c = remap[mesh.triangles].T
+    lead = np.minimum(np.minimum(a, b), c)  # rotate (a, b, c) so that the smallest index leads
+    a_leads, b_leads = a == lead, (b == lead) & (a != lead)
+    tri = np.stack([lead, np.where(a_leads, b, np.where(b_leads, c, a)), np.where(a_leads, c, np.where(b_leads, a, b))], 1)
+    tri = tri[(tri[:, 0] != tri[:, 1]) & (tri[:, 1] != tri[:, 2]) & (tri[:, 0] != tri[:, 2])]
+    if len(order) < 1 << 21:  # three indices fit in one int64 key
+        tri = tri[np.argsort((tri[:, 0] << 42) | (tri[:, 1] << 21) | tri[:, 2])]
+    else:
+        tri = tri[np.lexsort(tri.T[::-1])]
+    keep = order[first_of_kind]
+    return MeshArrays(mesh.vertices[keep], tri, mesh.colors[keep])
+
+
+def _sortable_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> uint64 whose integer order is the float order (sign bit flipped, negatives inverted)."""
+    bits = x.view(np.uint32)
+    return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
 
 
 def _keep_triangles(mesh: MeshArrays, keep: np.ndarray) -> MeshArrays:
     """The mesh with only the triangles `keep` (bool mask) and the vertices they use."""
     tri = mesh.triangles[keep]
-    used = np.unique(tri)
-    remap = np.full(len(mesh.vertices), -1, np.int64)
-    remap[used] = np.arange(len(used))
+    used = np.zeros(len(mesh.vertices), bool)
+    used[tri.ravel()] = True
+    remap = np.cumsum(used) - 1  # increasing: vertex and triangle order are kept
     return MeshArrays(mesh.vertices[used], remap[tri], mesh.colors[used])
 
 
@@ -92,9 +133,11 @@ def remove_small_components(mesh: MeshArrays, min_triangles: int) -> tuple[MeshA
         return mesh, 0
     t = mesh.triangles
     n = len(mesh.vertices)
-    edges = np.concatenate([t[:, [0, 1]], t[:, [1, 2]]])
-    graph = coo_matrix((np.ones(len(edges), np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
-    _, vertex_label = connected_components(graph, directed=False)
+    # edges v0 -> v1 and v1 -> v2 of each triangle connect all three; weak components of this directed graph
+    # are the pieces (no symmetrised copy of the graph is built)
+    graph = csr_matrix((np.ones(2 * len(t), np.int8), (np.concatenate([t[:, 0], t[:, 1]]),
+                                                       np.concatenate([t[:, 1], t[:, 2]]))), shape=(n, n))
+    _, vertex_label = connected_components(graph, directed=True, connection="weak")
     tri_label = vertex_label[t[:, 0]]
     tri_count = np.bincount(tri_label)
     small = tri_count[tri_count > 0] < min_triangles
@@ -118,22 +161,47 @@ def decimate(mesh: MeshArrays, target_triangles: int) -> MeshArrays:
 
 def export(mesh: MeshArrays, path: Path) -> Path:
     """Write `mesh` atomically as PLY, OBJ or GLB (by suffix) with vertex colours."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").lower()
+    if fmt == "ply":
+        return write_ply(mesh, path)
+    if fmt not in ("obj", "glb"):
+        raise ValueError(f"unknown mesh format {fmt!r}")
     import trimesh
 
-    path = Path(path)
     rgba = np.concatenate([mesh.colors, np.full((len(mesh.colors), 1), 255, np.uint8)], axis=1)
     tm = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.triangles, vertex_colors=rgba, process=False)
-    fmt = path.suffix.lstrip(".").lower()
     with atomic_output(path) as tmp:
         if fmt == "glb":
             tm.export(tmp, file_type="glb", include_normals=True)
-        elif fmt == "obj":
-            tm.export(tmp, file_type="obj", include_normals=False, include_color=True, include_texture=False)
-        elif fmt == "ply":
-            tm.export(tmp, file_type="ply", encoding="binary")
         else:
-            raise ValueError(f"unknown mesh format {fmt!r}")
+            tm.export(tmp, file_type="obj", include_normals=False, include_color=True, include_texture=False)
     return path
+
+
+PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+PLY_FACE = np.dtype([("n", "u1"), ("vertex_indices", "<i4", (3,))])
+
+
+def write_ply(mesh: MeshArrays, path: Path) -> Path:
+    """Binary little-endian PLY: float32 x y z (what marching cubes produced, exactly) and uchar RGB per vertex,
+    int triangles; written atomically with numpy (no per-element Python work)."""
+    vertices = np.empty(len(mesh.vertices), PLY_VERTEX)
+    for i, axis in enumerate("xyz"):
+        vertices[axis] = mesh.vertices[:, i]
+    for i, channel in enumerate(("red", "green", "blue")):
+        vertices[channel] = mesh.colors[:, i]
+    faces = np.empty(len(mesh.triangles), PLY_FACE)
+    faces["n"] = 3
+    faces["vertex_indices"] = mesh.triangles
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertices)}\nproperty float x\n"
+              f"property float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
+    with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(vertices.tobytes())
+        f.write(faces.tobytes())
+    return Path(path)
 
 
 def run(cfg: MeshConfig, workdir: Path, out_dir: Optional[Path] = None, force: bool = False) -> list[Path]:

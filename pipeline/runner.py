@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import depth, evaluate, fuse, ingest, mesh
-from .artifacts import WorkdirLock, atomic_write_json
+from .artifacts import Manifest, WorkdirLock, atomic_write_json
 from .config import PipelineConfig
+from .errors import PromptmeshError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +29,18 @@ class RunResult:
     mesh_paths: list[Path]
     eval_path: Optional[Path] = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    ingest_summary: dict = field(default_factory=dict)
+    """The ingest manifest's summary: frames listed, kept, skipped_bad, dropped_blurry, not_selected."""
 
     def report(self) -> str:
         """What a person wants at the end: where things are, the scores, where the time went."""
-        lines = [f"depth model: {self.depth_model}"]
+        s = self.ingest_summary
+        bad = s.get("skipped_bad", 0)
+        lines = [f"frames:      {s.get('kept', '?')} of {s.get('listed', '?')} used ({bad} bad frames skipped, "
+                 f"{s.get('dropped_blurry', 0)} dropped as blurry, {s.get('not_selected', 0)} not selected)"
+                 + (f"; the bad ones are named in the warnings and {self.workdir / 'capture' / 'manifest.json'}"
+                    if bad else ""),
+                 f"depth model: {self.depth_model}"]
         lines += [f"mesh:        {p}" for p in self.mesh_paths]
         if self.eval_path is not None:
             ev = json.loads(Path(self.eval_path).read_text())
@@ -62,10 +71,13 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Pat
         force: bool = False) -> RunResult:
     """ingest -> depth -> fuse -> mesh (-> eval with `gt_mesh`) in `workdir`, under the workdir lock."""
     workdir = Path(workdir)
+    if gt_mesh is not None and not Path(gt_mesh).is_file():  # before hours of work, not after
+        raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
     timings: dict[str, float] = {}
     with WorkdirLock(workdir):
         with _timed(timings, "ingest"):
             ingest.run(cfg.ingest, capture, workdir, force=force)
+        ingest_summary = Manifest.read(ingest.capture_dir(workdir)).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
         with _timed(timings, "depth"):
@@ -79,4 +91,4 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Pat
             with _timed(timings, "eval"):
                 eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
         atomic_write_json(workdir / "timings.json", {"depth_model": model, "seconds": timings})
-    return RunResult(workdir, model, list(mesh_paths), eval_path, timings)
+    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary)

@@ -7,6 +7,7 @@ that names the file, so that ingest can warn, skip the frame and count it. Heade
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from ..errors import PromptmeshError
 from ..geometry import pose_from_quaternion_translation
 
 JPEG_EOI = b"\xff\xd9"
+
+# FFmpeg (inside OpenCV's video reader) prints its own diagnostics ("moov atom not found") on stderr, around
+# the one-line errors promptmesh gives for damaged videos; silence it unless the user asked otherwise.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def read_bytes(path: Path, what: str = "file") -> bytes:
@@ -62,17 +67,24 @@ def read_uint8_png(path: Path, what: str = "confidence PNG") -> np.ndarray:
     return decode_png(read_bytes(path, what), str(path), np.uint8)
 
 
-def decode_jpeg_rgb(data: bytes, name: str) -> np.ndarray:
-    """JPEG bytes -> (H, W, 3) uint8 RGB. A file cut short (no end-of-image marker) is an error."""
+def decode_jpeg(data: bytes, name: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
+    """JPEG bytes -> the image as OpenCV decodes it with `flags` (BGR, or grey at a reduced scale).
+
+    A file cut short (no end-of-image marker) or not decodable is an error naming `name`."""
     # libjpeg decodes a truncated file into a grey-padded image without failing: check the EOI marker
     # (encoders may pad a few zero bytes after it).
     if JPEG_EOI not in data[-64:]:
         raise PromptmeshError(f"{name}: truncated JPEG (no end-of-image marker); re-export the capture or delete "
                               "this frame")
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if img is None:
         raise PromptmeshError(f"{name}: unreadable JPEG; re-export the capture or delete this frame")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
+    return img
+
+
+def decode_jpeg_rgb(data: bytes, name: str) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 RGB. A file cut short (no end-of-image marker) is an error."""
+    return cv2.cvtColor(decode_jpeg(data, name), cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
 
 
 def read_jpeg_rgb(path: Path) -> np.ndarray:

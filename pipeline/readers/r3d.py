@@ -57,11 +57,11 @@ class Record3DMetadata:
             raise PromptmeshError(f"{where}: malformed metadata ({e}); re-export from Record3D") from None
         if K_col_major.size != 9:
             raise PromptmeshError(f"{where}: metadata K has {K_col_major.size} numbers, expected 9")
+        if poses.size == 0:
+            raise PromptmeshError(f"{where}: metadata lists no poses; the recording is empty")
         if poses.ndim != 2 or poses.shape[1] != 7:
             raise PromptmeshError(f"{where}: metadata poses should be [qx, qy, qz, qw, tx, ty, tz] per frame, got "
                                   f"shape {poses.shape}")
-        if len(poses) == 0:
-            raise PromptmeshError(f"{where}: metadata lists no poses; the recording is empty")
         # K is stored column-major: reshape gives K^T, transpose back to the row-major pinhole matrix.
         self.K_rgb = K_col_major.reshape(3, 3).T
         # [qx, qy, qz, qw] scalar-last + [tx, ty, tz]; camera-to-world with OpenGL camera axes -> OpenCV axes.

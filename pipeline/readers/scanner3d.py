@@ -61,6 +61,19 @@ def _parse_frame_json(path: Path, index: int, stem: str) -> _Frame:
     return _Frame(index, stem, timestamp_s, camera_to_world, K_rgb)
 
 
+def _image_sizes(root: Path, frames_meta: list[_Frame]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(RGB (W, H), depth (w, h)) from the headers of the first frame whose JPG and depth PNG both have one (a
+    damaged frame is skipped later, at ingest, rather than failing the whole capture)."""
+    errors = []
+    for f in frames_meta:
+        try:
+            return jpeg_size(root / f"frame_{f.stem}.jpg"), png_size(root / f"depth_{f.stem}.png")
+        except PromptmeshError as e:
+            errors.append(str(e))
+    raise PromptmeshError(f"{root}: no frame has a readable JPG and depth PNG header (the first: {errors[0]}); "
+                          "re-export 'All Data'")
+
+
 class Scanner3DReader:
     name = "3dscannerapp"
     description = "3D Scanner App 'All Data' export folder (frame_NNNNN.json/.jpg, depth_NNNNN.png)"
@@ -93,10 +106,8 @@ class Scanner3DReader:
                 skipped.append(f"{e}; frame skipped")
         if not frames_meta:
             raise PromptmeshError(f"{root}: no frame has a JPG, a depth PNG and a readable JSON ({len(skipped)} "
-                                  "skipped); re-export 'All Data'")
-        first = frames_meta[0].stem
-        rgb_size = jpeg_size(root / f"frame_{first}.jpg")
-        lidar_size = png_size(root / f"depth_{first}.png")
+                                  f"skipped, the first: {skipped[0] if skipped else '-'}); re-export 'All Data'")
+        rgb_size, lidar_size = _image_sizes(root, frames_meta)
         has_confidence = any(f"conf_{f.stem}.png" in names for f in frames_meta)
 
         def frames() -> Iterator[SourceFrame]:

@@ -88,7 +88,8 @@ class _VideoCursor:
                 self.next_index += 1
             ok, bgr = self.cap.read() if self.next_index == index else (False, None)
             if not ok:
-                raise PromptmeshError(f"{self.path}: the video ends before frame {index} that odometry.csv lists")
+                raise PromptmeshError(f"{self.path}: no decodable video frame {index}, which odometry.csv lists (the "
+                                      "video is cut short or damaged)")
             self.next_index += 1
             if bgr.shape[1::-1] != self.size:
                 raise PromptmeshError(f"{self.path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, expected "

@@ -1,0 +1,124 @@
+"""Shared pieces of the benchmark scripts (tools/bench_fuse.py, bench_run.py, bench_memory.py).
+
+The machine is shared with other people's jobs, so every script repeats its measurements, alternates the
+order of the things it compares, reports medians and records the load average around the runs.
+Peak memory is the child process's own maximum resident set size (`os.wait4`), so a measurement is never
+mixed up with the benchmark script's own memory.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = REPO / "docs" / "benchmarks.md"
+DEFAULT_CACHE = Path(os.environ.get("PROMPTMESH_BENCH_DIR", "/tmp/promptmesh-bench"))
+"""Where synthetic captures and work directories of the benchmarks go (reused between runs)."""
+
+log = logging.getLogger("bench")
+
+
+def machine_line() -> str:
+    """'<CPU model>, N cores, X GiB RAM' from /proc (Linux)."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM"
+
+
+def load_average() -> str:
+    """The 1-minute load average now, e.g. '2.31' (other people's jobs share this machine)."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+@dataclass
+class Measured:
+    wall_s: float
+    peak_rss_bytes: int
+    """Maximum resident set size of the child process itself."""
+    returncode: int
+    stderr: str
+
+
+def run_measured(cmd: Sequence[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> Measured:
+    """Run `cmd`, returning its wall time and its own peak RSS (os.wait4). stdout is discarded."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    stderr = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(wall, int(usage.ru_maxrss) * 1024, proc.returncode, stderr)
+
+
+def check(m: Measured, what: str) -> Measured:
+    if m.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {m.returncode}):\n{m.stderr[-3000:]}")
+    return m
+
+
+def promptmesh_cmd(*args: str) -> list[str]:
+    """The CLI as a subprocess, from this checkout."""
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def synthetic_capture(path: Path, frames: int, width: int, height: int, scene: str = "hard") -> Path:
+    """A Stray Scanner capture rendered by tools/make_synthetic_capture.py, made once and reused.
+
+    GT depth is removed (real captures have none, and ingest would copy it), so the capture is what a
+    phone writes: rgb.mp4 (HEVC), 256-wide LiDAR depth and confidence PNGs, poses, intrinsics.
+    """
+    path = Path(path)
+    done = path / ".complete"
+    if done.exists():
+        return path
+    sys.path.insert(0, str(REPO / "tools"))
+    from make_synthetic_capture import make_capture
+
+    log.info("rendering a %d-frame %dx%d synthetic capture into %s (minutes, once)", frames, width, height, path)
+    if path.exists():
+        shutil.rmtree(path)
+    make_capture(path, scene=scene, n_frames=frames, width=width, height=height, gt_depth_size=(16, 12), flat=True)
+    shutil.rmtree(path / "gt_depth")
+    done.write_text("")
+    return path
+
+
+def replace_section(markdown_path: Path, heading: str, body: str) -> None:
+    """Replace the '## <heading>' section of a markdown file (up to the next '## ' heading) with `body`,
+    or append it; other sections are left as they are (several people write to docs/benchmarks.md)."""
+    markdown_path = Path(markdown_path)
+    text = markdown_path.read_text() if markdown_path.exists() else "# Benchmarks\n"
+    section = f"## {heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    markdown_path.parent.mkdir(parents=True, exist_ok=True)
+    markdown_path.write_text(text)
+
+
+def median(values: Sequence[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")

@@ -1,0 +1,173 @@
+#!/usr/bin/env python
+"""Fusion benchmark: the fuse stage's frames/s against a naive loop on the same input.
+
+Input: a work directory ingested from a synthetic capture (by default 200 frames at 1920x1440, every third
+frame kept), with depth maps at 256x192, 960x720 and 1920x1440 (LiDAR resized bilinearly, as the `lidar`
+model does) in depth/bench-WxH/, fused at 1 and 2 cm voxels.
+
+- naive: one thread, frame after frame: read and decode (`fuse.prepare_frame`: depth PNG, RGB JPEG resized
+  to the depth size, confidence mask), integrate (`fuse.integrate_frame`), next; the voxel grid starts at
+  NAIVE_BLOCK_COUNT blocks and grows by rehashing (not pre-sized).
+- stage: `fuse.run` as `promptmesh fuse` runs it: frames decoded by background threads through a bounded
+  queue, the grid pre-sized from the LiDAR maps. Its time is the block estimate plus integration (from its
+  manifest); writing the volume is a separate column (the naive loop writes nothing).
+
+Same frames, same arithmetic (both call integrate_frame), so the two grids are equal; the ratio is what
+pipelining and pre-sizing buy. The naive loop's read and integrate times per frame are listed too: the
+stage cannot beat max(integrate, read / threads) per frame. Each configuration is repeated (order
+alternated) and medians are reported, with the load average (the machine is shared).
+
+Example:
+    python tools/bench_fuse.py --repeats 3 --write     # table into docs/benchmarks.md, section "Fusion"
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, load_average, machine_line, median,  # noqa: E402
+                          replace_section, setup_logging, synthetic_capture)
+
+log = logging.getLogger("bench")
+
+DEPTH_SIZES = ((256, 192), (960, 720), (1920, 1440))
+VOXELS_M = (0.01, 0.02)
+NAIVE_BLOCK_COUNT = 10_000
+"""Initial hash-map size of the naive grid (Open3D's examples' order of magnitude); it grows by rehashing."""
+
+
+def prepare_workdir(capture: Path, workdir: Path, stride: int) -> None:
+    """Ingest every `stride`-th frame and write depth/bench-WxH/ for each benchmark size (once)."""
+    import cv2
+
+    from pipeline import ingest
+    from pipeline.artifacts import Manifest, write_png_atomic
+    from pipeline.capture import CaptureTable
+    from pipeline.config import IngestConfig
+    from pipeline.depth.classical import resize_lidar
+
+    ingest.run(IngestConfig(stride=stride, blur_select=False), capture, workdir)
+    table = CaptureTable.load(workdir / "capture")
+    for w, h in DEPTH_SIZES:
+        out = workdir / "depth" / f"bench-{w}x{h}"
+        if Manifest.read(out) is not None:
+            continue
+        log.info("writing %d depth maps at %dx%d", len(table), w, h)
+        for i in range(len(table)):
+            lidar_mm = cv2.imread(str(table.root / table.lidar_path[i]), cv2.IMREAD_UNCHANGED)
+            depth_m = resize_lidar(lidar_mm.astype(np.float32) / 1000.0, (h, w))
+            write_png_atomic(out / f"{table.stem(i)}.png", ingest.depth_m_to_mm(depth_m))
+        Manifest("depth", f"bench-{w}x{h}", outputs=[f"{table.stem(i)}.png" for i in range(len(table))],
+                 settings={"size_wh": [w, h]}).write(out)
+
+
+def naive_loop(workdir: Path, depth_model: str, voxel_size_m: float) -> dict:
+    """Read, integrate, next; no threads, no pre-sizing. Returns seconds (total, read, integrate) and blocks."""
+    import open3d as o3d
+
+    from pipeline import fuse
+    from pipeline.capture import CaptureTable
+    from pipeline.config import FuseConfig
+
+    cfg = FuseConfig(voxel_size_m=voxel_size_m)
+    device = o3d.core.Device("CPU:0")
+    t0 = time.perf_counter()
+    table = CaptureTable.load(workdir / "capture")
+    grid = fuse.new_grid(cfg, NAIVE_BLOCK_COUNT, device)
+    world_to_camera = np.linalg.inv(table.camera_to_world)
+    read_s = integrate_s = 0.0
+    for i in range(len(table)):
+        t = time.perf_counter()
+        frame = fuse.prepare_frame(table, i, workdir / "depth" / depth_model, cfg)
+        t_read = time.perf_counter()
+        fuse.integrate_frame(grid, frame, world_to_camera[i], cfg, device)
+        read_s += t_read - t
+        integrate_s += time.perf_counter() - t_read
+    return {"seconds": time.perf_counter() - t0, "read": read_s, "integrate": integrate_s,
+            "blocks": int(grid.hashmap().size()), "frames": len(table)}
+
+
+def stage(workdir: Path, depth_model: str, voxel_size_m: float) -> dict:
+    """fuse.run with force=True into a separate output folder; times from its manifest."""
+    from pipeline import fuse
+    from pipeline.artifacts import Manifest
+    from pipeline.config import FuseConfig
+
+    out = workdir / "out" / f"{depth_model}-{voxel_size_m:g}"
+    fuse.run(FuseConfig(voxel_size_m=voxel_size_m), workdir, depth_model, out_dir=out, force=True)
+    s = Manifest.read(fuse.fuse_dir(out)).summary
+    return {"seconds": s["seconds_presize"] + s["seconds_integrate"], "save": s["seconds_save"],
+            "blocks": s["blocks"], "frames": s["frames"]}
+
+
+def benchmark(workdir: Path, repeats: int) -> list[dict]:
+    rows = []
+    for w, h in DEPTH_SIZES:
+        for voxel in VOXELS_M:
+            model = f"bench-{w}x{h}"
+            runs: dict[str, list[dict]] = {"naive": [], "stage": []}
+            load = [load_average()]
+            for r in range(repeats):
+                for name in (("naive", "stage") if r % 2 == 0 else ("stage", "naive")):
+                    runs[name].append((naive_loop if name == "naive" else stage)(workdir, model, voxel))
+                load.append(load_average())
+            naive, staged = runs["naive"], runs["stage"]
+            assert naive[0]["blocks"] == staged[0]["blocks"], (naive[0]["blocks"], staged[0]["blocks"])
+            frames = naive[0]["frames"]
+            row = {"size": f"{w}x{h}", "voxel_cm": voxel * 100, "frames": frames, "blocks": staged[0]["blocks"],
+                   "naive_fps": frames / median([n["seconds"] for n in naive]),
+                   "stage_fps": frames / median([s["seconds"] for s in staged]),
+                   "read_ms": 1000 * median([n["read"] for n in naive]) / frames,
+                   "integrate_ms": 1000 * median([n["integrate"] for n in naive]) / frames,
+                   "save_s": median([s["save"] for s in staged]),
+                   "ratios": [n["seconds"] / s["seconds"] for n, s in zip(naive, staged)], "load": load}
+            row["ratio"] = row["stage_fps"] / row["naive_fps"]
+            log.info("%s", {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()})
+            rows.append(row)
+    return rows
+
+
+def table(rows: list[dict], repeats: int) -> str:
+    lines = ["| depth | voxel | frames | blocks | naive frames/s | stage frames/s | stage / naive (each repeat) | "
+             "naive: read + integrate ms/frame | stage: save volume |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        each = ", ".join(f"{x:.2f}" for x in r["ratios"])
+        lines.append(f"| {r['size']} | {r['voxel_cm']:g} cm | {r['frames']} | {r['blocks']} | {r['naive_fps']:.1f} | "
+                     f"{r['stage_fps']:.1f} | **{r['ratio']:.2f}** ({each}) | {r['read_ms']:.0f} + "
+                     f"{r['integrate_ms']:.0f} | {r['save_s']:.2f} s |")
+    loads = [x for r in rows for x in r["load"]]
+    return "\n".join(lines) + (
+        f"\n\nMedian of {repeats} repeats, order alternated. Frames/s = frames / (block estimate + integration); "
+        f"the stage also writes its volume (last column), which the naive loop does not. Machine: {machine_line()}; "
+        f"1-minute load average during the runs {min(loads)}-{max(loads)} (the machine is shared).")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capture", type=Path, help="Stray capture to ingest (default: render one into --cache)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder for the capture and work directory")
+    ap.add_argument("--stride", type=int, default=3, help="keep every n-th frame of the capture")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", action="store_true", help=f"write the table into {BENCHMARKS_MD} ('Fusion')")
+    args = ap.parse_args(argv)
+    setup_logging()
+    capture = args.capture or synthetic_capture(args.cache / "room200_1920x1440", 200, 1920, 1440)
+    workdir = args.cache / f"fuse-stride{args.stride}"
+    prepare_workdir(capture, workdir, args.stride)
+    text = table(benchmark(workdir, args.repeats), args.repeats)
+    print(text)
+    if args.write:
+        replace_section(BENCHMARKS_MD, "Fusion", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

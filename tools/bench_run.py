@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""End-to-end benchmark: `promptmesh run --depth-model lidar`, per stage, against a naive one-pass script.
+
+The naive script (`naive_one_pass`, run as `bench_run.py --naive CAPTURE OUT.ply`) streams the frames of the
+capture, resizes LiDAR depth bilinearly to 960x720, integrates into an Open3D VoxelBlockGrid that is not
+pre-sized (1 cm voxels, uint16 millimetre depth, the full-size RGB frame as colour), extracts the mesh and
+writes a PLY. It writes nothing in between, caches nothing, skips no frame and drops no depth pixel (no
+confidence mask).
+
+`promptmesh run` does more: it caches every stage (JPEG frames, LiDAR and confidence PNGs, depth PNGs, the
+TSDF volume), masks low-confidence depth and removes small pieces of the mesh. It is timed cold (fresh work
+directory) with `--depth-resolution 960` (the naive script's depth size), cold with the default depth size
+(1008x756), and warm (the same command again: every stage up to date).
+
+Each repeat runs all of them, in alternating order; the table gives medians, the stage times from the
+run's timings.json and the fuse stage's manifest, and each process's own peak RSS.
+
+Example:
+    python tools/bench_run.py --repeats 3 --write        # table into docs/benchmarks.md, "End to end"
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, check, load_average, machine_line, median,  # noqa: E402
+                          promptmesh_cmd, replace_section, run_measured, setup_logging, synthetic_capture)
+
+log = logging.getLogger("bench")
+
+NAIVE_DEPTH_WH = (960, 720)
+NAIVE_BLOCK_COUNT = 10_000
+"""Initial hash-map size of the naive grid (Open3D's examples' order of magnitude); it grows by rehashing."""
+STAGES = ("ingest", "depth", "fuse", "mesh")
+
+
+def naive_one_pass(capture: Path, out_ply: Path, voxel_size_m: float = 0.01,
+                   depth_wh: tuple[int, int] = NAIVE_DEPTH_WH) -> int:
+    """Stream frames -> bilinear LiDAR at `depth_wh` -> TSDF (not pre-sized) -> mesh -> PLY. Returns triangles."""
+    import cv2
+    import open3d as o3d
+
+    from pipeline.fuse import DEPTH_SCALE, open3d_intrinsics
+    from pipeline.geometry import scale_intrinsics
+    from pipeline.readers import open_capture
+
+    source = open_capture(capture)
+    f32 = o3d.core.float32
+    grid = o3d.t.geometry.VoxelBlockGrid(attr_names=("tsdf", "weight", "color"), attr_dtypes=(f32, f32, f32),
+                                         attr_channels=((1), (1), (3)), voxel_size=voxel_size_m,
+                                         block_resolution=8, block_count=NAIVE_BLOCK_COUNT,
+                                         device=o3d.core.Device("CPU:0"))
+    for frame in source.frames():
+        depth_m = cv2.resize(frame.load_depth_m(), depth_wh, interpolation=cv2.INTER_LINEAR)
+        depth = o3d.t.geometry.Image(o3d.core.Tensor((depth_m * DEPTH_SCALE).astype(np.uint16)))
+        color = o3d.t.geometry.Image(o3d.core.Tensor(frame.load_rgb()))
+        K_depth = o3d.core.Tensor(open3d_intrinsics(scale_intrinsics(frame.K_rgb, frame.rgb_size, depth_wh)))
+        K_color = o3d.core.Tensor(open3d_intrinsics(frame.K_rgb))
+        extrinsic = o3d.core.Tensor(np.linalg.inv(frame.camera_to_world))
+        blocks = grid.compute_unique_block_coordinates(depth, K_depth, extrinsic, DEPTH_SCALE, 5.0, 4.0)
+        grid.integrate(blocks, depth, color, K_depth, K_color, extrinsic, DEPTH_SCALE, 5.0, 4.0)
+    mesh = grid.extract_triangle_mesh(weight_threshold=0.5)
+    o3d.t.io.write_triangle_mesh(str(out_ply), mesh)
+    return int(mesh.triangle.indices.shape[0])
+
+
+def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool) -> dict:
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    m = check(run_measured(promptmesh_cmd("-q", "run", str(capture), "-o", str(workdir), "--depth-model", "lidar",
+                                          *extra)), f"promptmesh run {' '.join(extra)}")
+    timings = json.loads((workdir / "timings.json").read_text())["seconds"]
+    fuse_summary = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
+    mesh_summary = json.loads((workdir / "mesh" / "manifest.json").read_text())["summary"]
+    return {"wall_s": m.wall_s, "rss": m.peak_rss_bytes, **{s: timings.get(s, 0.0) for s in STAGES},
+            "integrate": fuse_summary["seconds_integrate"], "save": fuse_summary["seconds_save"],
+            "triangles": mesh_summary["triangles"]}
+
+
+def benchmark(capture: Path, work: Path, repeats: int) -> dict[str, list[dict]]:
+    variants = {
+        "naive": None,
+        "run960": ["--depth-resolution", "960"],
+        "run_default": [],
+    }
+    results: dict[str, list[dict]] = {name: [] for name in (*variants, "warm")}
+    for r in range(repeats):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            log.info("repeat %d/%d: %s (load %s)", r + 1, repeats, name, load_average())
+            if name == "naive":
+                out = work / "naive.ply"
+                m = check(run_measured([sys.executable, __file__, "--naive", str(capture), str(out)]), "naive script")
+                results[name].append({"wall_s": m.wall_s, "rss": m.peak_rss_bytes})
+            else:
+                results[name].append(_run_variant(capture, work / name, variants[name], fresh=True))
+                if name == "run960":
+                    results["warm"].append(_run_variant(capture, work / name, variants[name], fresh=False))
+    return results
+
+
+def table(results: dict[str, list[dict]], frames: int, load_before: str, load_after: str, repeats: int) -> str:
+    def med(name: str, key: str) -> float:
+        return median([r[key] for r in results[name]])
+
+    naive = med("naive", "wall_s")
+    rows = [("naive one-pass script", None), ("`run`, depth 960x720 (the naive script's size)", "run960"),
+             ("`run`, default depth 1008x756", "run_default"), ("`run` again, all stages up to date", "warm")]
+    lines = ["| | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive | peak RSS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, name in rows:
+        if name is None:
+            lines.append(f"| {label} | | | | | {naive:.1f} s | 1.00 | {med('naive', 'rss') / 2**30:.2f} GiB |")
+            continue
+        wall = med(name, "wall_s")
+        lines.append(f"| {label} | {med(name, 'ingest'):.1f} s | {med(name, 'depth'):.1f} s | {med(name, 'fuse'):.1f} s "
+                     f"({med(name, 'integrate'):.1f} / {med(name, 'save'):.2f}) | {med(name, 'mesh'):.1f} s | "
+                     f"{wall:.1f} s | {wall / naive:.2f} | {med(name, 'rss') / 2**30:.2f} GiB |")
+    return "\n".join(lines) + (
+        f"\n\n{frames}-frame synthetic capture (hard room, 1920x1440 HEVC video, 256x192 LiDAR), median of {repeats} "
+        f"repeats (order alternated), `promptmesh -q run CAPTURE -o WORK --depth-model lidar` as a subprocess, "
+        f"wall time including Python start-up; stage times from WORKDIR/timings.json; peak RSS = the process's own "
+        f"maximum resident set size. Machine: {machine_line()}; 1-minute load average {load_before} before, "
+        f"{load_after} after (the machine is shared). `vs naive` = wall time / the naive script's.")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capture", type=Path, help="Stray capture to use (default: render one into --cache)")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder for the capture and work directories")
+    ap.add_argument("--frames", type=int, default=200, help="frames of the rendered capture")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--write", action="store_true", help=f"write the table into {BENCHMARKS_MD} ('End to end')")
+    ap.add_argument("--naive", nargs=2, type=Path, metavar=("CAPTURE", "OUT_PLY"),
+                    help="only run the naive one-pass script (what the benchmark times in a subprocess)")
+    args = ap.parse_args(argv)
+    if args.naive:
+        t0 = time.perf_counter()
+        n = naive_one_pass(*args.naive)
+        print(f"naive: {n} triangles in {time.perf_counter() - t0:.1f} s")
+        return 0
+    setup_logging()
+    capture = args.capture or synthetic_capture(args.cache / f"room{args.frames}_1920x1440", args.frames, 1920, 1440)
+    work = args.cache / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    load_before = load_average()
+    results = benchmark(capture, work, args.repeats)
+    text = table(results, args.frames, load_before, load_average(), args.repeats)
+    print(text)
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    if args.write:
+        replace_section(BENCHMARKS_MD, "End to end", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
