@@ -71,8 +71,9 @@ PREFETCH_WORKERS = 2
 SAVE_SLICE_BLOCKS = 4096
 """Blocks converted at a time when saving or loading the volume (bounds the temporary copies to ~60 MB at 8^3
 voxels)."""
-ESTIMATE_FLUSH_KEYS = 1 << 21
-"""Block keys gathered before the estimate reduces them to distinct ones (bounds its memory)."""
+ESTIMATE_FLUSH_KEYS = 1 << 19
+"""Block keys gathered (distinct per frame) before the estimate reduces them to distinct ones over all frames
+(bounds its memory to a few MB plus the distinct blocks)."""
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -266,10 +267,10 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
         u, v, z = u[ok], v[ok], z[ok]
         rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], -1)
         step = trunc_m / np.linalg.norm(rays, axis=1)  # trunc along the ray, in units of z
-        for dz in (-step, 0.0, step):
-            block = np.floor(transform_points(table.camera_to_world[i], rays * (z + dz)[:, None]) / block_m)
-            keys.append(_pack_block_keys(block.astype(np.int64)))
-            n_gathered += len(keys[-1])
+        frame_keys = [_pack_block_keys(np.floor(transform_points(table.camera_to_world[i], rays * (z + dz)[:, None])
+                                                / block_m).astype(np.int64)) for dz in (-step, 0.0, step)]
+        keys.append(np.unique(np.concatenate(frame_keys)))
+        n_gathered += len(keys[-1])
         if n_gathered > ESTIMATE_FLUSH_KEYS:
             keys = [np.unique(np.concatenate(keys))]
             n_gathered = len(keys[0])
@@ -357,7 +358,8 @@ def _gather_blocks(buffer, buf_indices: np.ndarray) -> np.ndarray:
 
 
 def save_volume(grid, cfg: FuseConfig, path: Path) -> Path:
-    """Write `grid`'s allocated blocks atomically in the compact format of the module docstring."""
+    """Write `grid`'s allocated blocks atomically in the compact format of the module docstring, streamed a
+    slice of blocks at a time (no full copy of the volume is ever held)."""
     import open3d as o3d
 
     hashmap = grid.hashmap()
@@ -366,19 +368,27 @@ def save_volume(grid, cfg: FuseConfig, path: Path) -> Path:
     order = np.lexsort(keys.T[::-1])  # by x, then y, then z: the same file whatever the allocation order
     keys, buf_indices = keys[order], buf_indices[order]
     n, r = len(keys), cfg.block_resolution
-    tsdf = np.empty((n, r, r, r), np.float32)
-    weight = np.empty((n, r, r, r), np.uint16)
-    color = np.empty((n, r, r, r, 3), np.uint8)
-    buffers = {name: grid.attribute(name) for name in ("tsdf", "weight", "color")}
-    for lo in range(0, n, SAVE_SLICE_BLOCKS):
-        rows = buf_indices[lo:lo + SAVE_SLICE_BLOCKS]
-        part = slice(lo, lo + len(rows))
-        tsdf[part] = _gather_blocks(buffers["tsdf"], rows)[..., 0]
-        weight[part] = np.minimum(np.rint(_gather_blocks(buffers["weight"], rows)[..., 0]), np.iinfo(np.uint16).max)
-        color[part] = np.rint(np.clip(_gather_blocks(buffers["color"], rows), 0.0, 255.0))
-    with atomic_output(path) as tmp:
-        np.savez(tmp, block_keys=keys, tsdf=tsdf, weight=weight, color=color,
-                 voxel_size_m=np.float64(cfg.voxel_size_m), block_resolution=np.int64(r))
+
+    def sliced(name: str, convert: Callable[[np.ndarray], np.ndarray]) -> Iterator[np.ndarray]:
+        buffer = grid.attribute(name)
+        for lo in range(0, n, SAVE_SLICE_BLOCKS):
+            yield convert(_gather_blocks(buffer, buf_indices[lo:lo + SAVE_SLICE_BLOCKS]))
+
+    members = {
+        "block_keys": ((n, 3), np.int32, [keys]),
+        "tsdf": ((n, r, r, r), np.float32, sliced("tsdf", lambda t: t[..., 0])),
+        "weight": ((n, r, r, r), np.uint16, sliced("weight", lambda w: np.minimum(np.rint(w[..., 0]), 65535))),
+        "color": ((n, r, r, r, 3), np.uint8, sliced("color", lambda c: np.rint(np.clip(c, 0.0, 255.0)))),
+        "voxel_size_m": ((), np.float64, [np.float64(cfg.voxel_size_m)]),
+        "block_resolution": ((), np.int64, [np.int64(r)]),
+    }
+    with atomic_output(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name, (shape, dtype, parts) in members.items():
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:  # what np.savez writes, in pieces
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape})
+                for part in parts:
+                    f.write(np.ascontiguousarray(part, dtype).tobytes())
     return path
 
 

@@ -99,19 +99,23 @@ def synthetic_capture(path: Path, frames: int, width: int, height: int, scene: s
     return path
 
 
-def replace_section(markdown_path: Path, heading: str, body: str) -> None:
-    """Replace the '## <heading>' section of a markdown file (up to the next '## ' heading) with `body`,
-    or append it; other sections are left as they are (several people write to docs/benchmarks.md)."""
+def write_table(markdown_path: Path, heading: str, script: str, table: str) -> None:
+    """Put `table` into the '## <heading>' section of a markdown file, between the markers
+    <!-- <script> --> and <!-- /<script> -->, leaving the rest (prose, other people's sections) as it is.
+    A missing section is appended, a section without markers gets them at its end."""
     markdown_path = Path(markdown_path)
     text = markdown_path.read_text() if markdown_path.exists() else "# Benchmarks\n"
-    section = f"## {heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1).rstrip() + "\n"
+    block = f"<!-- {script} -->\n{table.strip()}\n<!-- /{script} -->"
+    marked = re.compile(rf"<!-- {re.escape(script)} -->\n.*?<!-- /{re.escape(script)} -->", re.S)
+    section = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if marked.search(text):
+        text = marked.sub(lambda _: block, text, count=1)
+    elif (m := section.search(text)) is not None:
+        text = text[:m.end()].rstrip() + "\n\n" + block + "\n\n" + text[m.end():].lstrip()
     else:
-        text = text.rstrip() + "\n\n" + section
+        text = text.rstrip() + f"\n\n## {heading}\n\n{block}\n"
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    markdown_path.write_text(text)
+    markdown_path.write_text(text.rstrip() + "\n")
 
 
 def median(values: Sequence[float]) -> float:

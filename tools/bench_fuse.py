@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, load_average, machine_line, median,  # noqa: E402
-                          replace_section, setup_logging, synthetic_capture)
+                          write_table, setup_logging, synthetic_capture)
 
 log = logging.getLogger("bench")
 
@@ -165,7 +165,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     text = table(benchmark(workdir, args.repeats), args.repeats)
     print(text)
     if args.write:
-        replace_section(BENCHMARKS_MD, "Fusion", text)
+        write_table(BENCHMARKS_MD, "Fusion", "bench_fuse.py", text)
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, check, load_average, machine_line, promptmesh_cmd,  # noqa: E402
-                          replace_section, run_measured, setup_logging, synthetic_capture)
+                          write_table, run_measured, setup_logging, synthetic_capture)
 
 log = logging.getLogger("bench")
 
@@ -97,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if growth > GROWTH_LIMIT:
             log.warning("%s: peak RSS grew by %.0f %% from %d to %d frames", stage, growth * 100, *FRAME_COUNTS)
     if args.write:
-        replace_section(BENCHMARKS_MD, "Memory", text)
+        write_table(BENCHMARKS_MD, "Memory", "bench_memory.py", text)
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, check, load_average, machine_line, median,  # noqa: E402
-                          promptmesh_cmd, replace_section, run_measured, setup_logging, synthetic_capture)
+                          promptmesh_cmd, write_table, run_measured, setup_logging, synthetic_capture)
 
 log = logging.getLogger("bench")
 
@@ -73,11 +73,13 @@ def naive_one_pass(capture: Path, out_ply: Path, voxel_size_m: float = 0.01,
     return int(mesh.triangle.indices.shape[0])
 
 
-def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool) -> dict:
+def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool,
+                 checkout: Optional[Path] = None) -> dict:
+    """`promptmesh run` from this checkout, or from `checkout` (a folder holding another version's pipeline/)."""
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     m = check(run_measured(promptmesh_cmd("-q", "run", str(capture), "-o", str(workdir), "--depth-model", "lidar",
-                                          *extra)), f"promptmesh run {' '.join(extra)}")
+                                          *extra), cwd=checkout), f"promptmesh run {' '.join(extra)}")
     timings = json.loads((workdir / "timings.json").read_text())["seconds"]
     fuse_summary = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
     mesh_summary = json.loads((workdir / "mesh" / "manifest.json").read_text())["summary"]
@@ -86,11 +88,12 @@ def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool
             "triangles": mesh_summary["triangles"]}
 
 
-def benchmark(capture: Path, work: Path, repeats: int) -> dict[str, list[dict]]:
+def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -> dict[str, list[dict]]:
     variants = {
         "naive": None,
         "run960": ["--depth-resolution", "960"],
         "run_default": [],
+        **({"before960": ["--depth-resolution", "960"]} if before else {}),
     }
     results: dict[str, list[dict]] = {name: [] for name in (*variants, "warm")}
     for r in range(repeats):
@@ -102,7 +105,8 @@ def benchmark(capture: Path, work: Path, repeats: int) -> dict[str, list[dict]]:
                 m = check(run_measured([sys.executable, __file__, "--naive", str(capture), str(out)]), "naive script")
                 results[name].append({"wall_s": m.wall_s, "rss": m.peak_rss_bytes})
             else:
-                results[name].append(_run_variant(capture, work / name, variants[name], fresh=True))
+                results[name].append(_run_variant(capture, work / name, variants[name], fresh=True,
+                                                  checkout=before if name.startswith("before") else None))
                 if name == "run960":
                     results["warm"].append(_run_variant(capture, work / name, variants[name], fresh=False))
     return results
@@ -113,8 +117,10 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
         return median([r[key] for r in results[name]])
 
     naive = med("naive", "wall_s")
-    rows = [("naive one-pass script", None), ("`run`, depth 960x720 (the naive script's size)", "run960"),
-             ("`run`, default depth 1008x756", "run_default"), ("`run` again, all stages up to date", "warm")]
+    rows = [("naive one-pass script", None),
+            *([("`run` before this work (same command)", "before960")] if results.get("before960") else []),
+            ("`run`, depth 960x720 (the naive script's size)", "run960"),
+            ("`run`, default depth 1008x756", "run_default"), ("`run` again, all stages up to date", "warm")]
     lines = ["| | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive | peak RSS |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, name in rows:
@@ -122,9 +128,10 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
             lines.append(f"| {label} | | | | | {naive:.1f} s | 1.00 | {med('naive', 'rss') / 2**30:.2f} GiB |")
             continue
         wall = med(name, "wall_s")
-        lines.append(f"| {label} | {med(name, 'ingest'):.1f} s | {med(name, 'depth'):.1f} s | {med(name, 'fuse'):.1f} s "
-                     f"({med(name, 'integrate'):.1f} / {med(name, 'save'):.2f}) | {med(name, 'mesh'):.1f} s | "
-                     f"{wall:.1f} s | {wall / naive:.2f} | {med(name, 'rss') / 2**30:.2f} GiB |")
+        fuse = f"{med(name, 'fuse'):.1f} s" + ("" if name == "warm" else
+                                               f" ({med(name, 'integrate'):.1f} / {med(name, 'save'):.2f})")
+        lines.append(f"| {label} | {med(name, 'ingest'):.1f} s | {med(name, 'depth'):.1f} s | {fuse} | "
+                     f"{med(name, 'mesh'):.1f} s | {wall:.1f} s | {wall / naive:.2f} | {med(name, 'rss') / 2**30:.2f} GiB |")
     return "\n".join(lines) + (
         f"\n\n{frames}-frame synthetic capture (hard room, 1920x1440 HEVC video, 256x192 LiDAR), median of {repeats} "
         f"repeats (order alternated), `promptmesh -q run CAPTURE -o WORK --depth-model lidar` as a subprocess, "
@@ -140,6 +147,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--frames", type=int, default=200, help="frames of the rendered capture")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write", action="store_true", help=f"write the table into {BENCHMARKS_MD} ('End to end')")
+    ap.add_argument("--before", type=Path, help="a folder holding an older version's pipeline/ (e.g. from "
+                    "`git archive REV pipeline | tar -x -C DIR`), timed with the same command")
     ap.add_argument("--naive", nargs=2, type=Path, metavar=("CAPTURE", "OUT_PLY"),
                     help="only run the naive one-pass script (what the benchmark times in a subprocess)")
     args = ap.parse_args(argv)
@@ -153,12 +162,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work = args.cache / "run"
     work.mkdir(parents=True, exist_ok=True)
     load_before = load_average()
-    results = benchmark(capture, work, args.repeats)
+    results = benchmark(capture, work, args.repeats, args.before)
     text = table(results, args.frames, load_before, load_average(), args.repeats)
     print(text)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     if args.write:
-        replace_section(BENCHMARKS_MD, "End to end", text)
+        write_table(BENCHMARKS_MD, "End to end", "bench_run.py", text)
     return 0
 
 
