@@ -67,7 +67,9 @@ class FuseConfig:
     depth_max_m: float = 5.0
     """Depth beyond this is ignored, metres (Open3D's own default is 3 m)."""
     min_confidence: int = 1
-    """Drop depth pixels whose LiDAR confidence (0/1/2, resized nearest) is below this; 0 keeps all."""
+    """Drop depth pixels whose LiDAR confidence (0/1/2, resized nearest) is below this; 0 keeps all. Applies to
+    depth models that pass the LiDAR through (`lidar`); `guided` and PromptDA repair those pixels themselves,
+    so their maps are fused whole."""
     device: Device = "auto"
     """auto = CUDA when Open3D has it, else CPU."""
     block_resolution: int = 8

@@ -296,6 +296,8 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     out = fuse_dir(out_dir if out_dir is not None else workdir)
     depth_dir = workdir / "depth" / depth_model
     upstream = upstream_fingerprint(depth_dir, "depth")
+    if not Manifest.read(depth_dir).settings.get("fuse_confidence_mask", True):
+        cfg = dataclasses.replace(cfg, min_confidence=0)  # the model already used or repaired those pixels
     settings = {"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
                 "depth_model": depth_model, "volume_format": VOLUME_FORMAT}
     stamp = fingerprint(STAGE, settings, [upstream])

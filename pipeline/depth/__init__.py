@@ -57,7 +57,9 @@ PREFETCH_FRAMES = 4
 class DepthModel(Protocol):
     name: str
     settings: dict
-    """Everything that changes the output (JSON-able); part of the stage fingerprint."""
+    """Everything that changes the output (JSON-able); part of the stage fingerprint. Its key
+    `fuse_confidence_mask` tells fusion whether to drop pixels of low LiDAR confidence from this model's
+    maps (True for `lidar`, which passes the LiDAR through; False for models that repair those pixels)."""
     batch_size: int
     """Frames per `predict_batch` call."""
 
@@ -85,7 +87,8 @@ class PromptDADepth:
         self.batch_size = cfg.batch_size
         self.settings = {"weights_sha256": cached_weights_sha256(self.weights_path, hash_cache),
                          "precision": cfg.precision, "device_type": self.device.type,
-                         "fill_prompt_holes": cfg.fill_prompt_holes}
+                         "fill_prompt_holes": cfg.fill_prompt_holes,
+                         "fuse_confidence_mask": False}  # dense estimate; the LiDAR is only its prompt
         self._predictor = None
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):

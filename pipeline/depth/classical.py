@@ -367,7 +367,8 @@ class LidarResize(_FrameByFrame):
     """`lidar`: the LiDAR depth resized to the output size (normalised bilinear; the baseline)."""
 
     name = "lidar"
-    settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE}
+    settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE,
+                "fuse_confidence_mask": True}  # passes the LiDAR through: fusion drops its low-confidence pixels
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return resize_lidar(lidar_depth_m, out_hw)
@@ -380,7 +381,8 @@ class GuidedUpsampler(_FrameByFrame):
 
     def __init__(self, params: GuidedParams = GuidedParams()):
         self.params = params
-        self.settings = {"method": "guided-v2", **dataclasses.asdict(params)}
+        # it weighs, snaps or drops low-confidence samples itself: fusion must not mask what it repaired
+        self.settings = {"method": "guided-v2", **dataclasses.asdict(params), "fuse_confidence_mask": False}
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return guided_upsample(rgb, lidar_depth_m, confidence, out_hw, self.params)
