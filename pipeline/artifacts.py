@@ -213,8 +213,9 @@ def invalidate(stage_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------- workdir lock
-TEMPORARY_NAME = re.compile(r"^\..+\.tmp(\.[A-Za-z0-9]+)?$")
-"""Names of the temporaries of atomic_write_bytes (.NAME.RANDOM.tmp) and atomic_output (.STEM.PID.tmp.EXT)."""
+TEMPORARY_NAME = re.compile(r"^\..+\.([a-z0-9_]{8}|\d+)\.tmp(\.[A-Za-z0-9]+)?$")
+"""Names of the temporaries of atomic_write_bytes (.NAME.XXXXXXXX.tmp, mkstemp's 8 random characters) and
+atomic_output (.STEM.PID.tmp.EXT)."""
 
 
 def remove_temporaries(folder: Path) -> int:

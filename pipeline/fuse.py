@@ -286,11 +286,13 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- stage
-def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path] = None, force: bool = False) -> Path:
+def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path] = None, force: bool = False,
+        block_count: Optional[int] = None) -> Path:
     """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = out_dir or workdir); returns OUT/fuse.
 
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
-    stage's manifest fingerprint, which in turn covers the capture.
+    stage's manifest fingerprint, which in turn covers the capture. `block_count`: the grid's pre-size when
+    already computed by `estimate_block_count(table, cfg)` (the runner does so while depth runs).
     """
     workdir = Path(workdir)
     out = fuse_dir(out_dir if out_dir is not None else workdir)
@@ -308,7 +310,7 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     table = CaptureTable.load(workdir / "capture")
     device = select_device(cfg.device)
     t0 = time.perf_counter()
-    block_count = estimate_block_count(table, cfg)
+    block_count = block_count or estimate_block_count(table, cfg)
     log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
              "%d, %d blocks pre-sized", len(table), depth_model, device, cfg.voxel_size_m * 100,
              cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,

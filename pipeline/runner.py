@@ -6,9 +6,11 @@ stage's manifest fingerprint includes its upstream's). Timings go to WORKDIR/tim
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Optional
 
 from . import depth, evaluate, fuse, ingest, mesh
 from .artifacts import Manifest, WorkdirLock, atomic_write_json
+from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
 
@@ -67,6 +70,23 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = round(time.perf_counter() - t0, 3)
 
 
+def _prepare_fusion_meanwhile(cfg: PipelineConfig, workdir: Path, force: bool) -> Optional[Future]:
+    """While the depth stage runs (it leaves part of a core idle), import Open3D (about a second on one core)
+    and estimate the voxel blocks to pre-size the grid for (it reads only the LiDAR maps): fusion then starts
+    integrating at once. Only when fusion is likely to run (no finished mesh yet); None otherwise."""
+    if not force and Manifest.read(mesh.mesh_dir(workdir)) is not None:
+        return None
+
+    def prepare() -> int:
+        importlib.import_module("open3d")
+        return fuse.estimate_block_count(CaptureTable.load(ingest.capture_dir(workdir)), cfg.fuse)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-fusion")
+    future = pool.submit(prepare)
+    pool.shutdown(wait=False)  # the thread ends after this one task
+    return future
+
+
 def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Path] = None,
         force: bool = False) -> RunResult:
     """ingest -> depth -> fuse -> mesh (-> eval with `gt_mesh`) in `workdir`, under the workdir lock."""
@@ -80,10 +100,17 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Pat
         ingest_summary = Manifest.read(ingest.capture_dir(workdir)).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
+        prepared = _prepare_fusion_meanwhile(cfg, workdir, force)
         with _timed(timings, "depth"):
             depth.run(cfg.depth, workdir, force=force)
         with _timed(timings, "fuse"):
-            fuse.run(cfg.fuse, workdir, depth_model=model, force=force)
+            block_count = None
+            if prepared is not None:
+                try:
+                    block_count = prepared.result()
+                except PromptmeshError:  # fuse.run meets the same problem and reports it
+                    pass
+            fuse.run(cfg.fuse, workdir, depth_model=model, force=force, block_count=block_count)
         with _timed(timings, "mesh"):
             mesh_paths = mesh.run(cfg.mesh, workdir, force=force)
         eval_path = None

@@ -170,8 +170,9 @@ def test_second_concurrent_run_is_refused_with_one_line(capture, tmp_path):
 
 
 def test_taking_the_lock_sweeps_temporaries_of_killed_writers(tmp_path):
-    left = [tmp_path / "fuse" / ".tsdf.4242.tmp.npz", tmp_path / "depth" / "lidar" / ".000003.png.k2j4.tmp"]
-    kept = [tmp_path / "depth" / "lidar" / ".fingerprint.json", tmp_path / "notes.tmp.txt", tmp_path / "a.tmp"]
+    left = [tmp_path / "fuse" / ".tsdf.4242.tmp.npz", tmp_path / "depth" / "lidar" / ".000003.png.k2j4x9_a.tmp"]
+    kept = [tmp_path / "depth" / "lidar" / ".fingerprint.json", tmp_path / "notes.tmp.txt", tmp_path / "a.tmp",
+            tmp_path / ".draft.tmp"]
     for p in left + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text("x")

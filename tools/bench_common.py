@@ -48,6 +48,8 @@ def load_average() -> str:
 @dataclass
 class Measured:
     wall_s: float
+    cpu_s: float
+    """User + system CPU time of the child (all its threads): the work done, less sensitive to other load."""
     peak_rss_bytes: int
     """Maximum resident set size of the child process itself."""
     returncode: int
@@ -55,7 +57,7 @@ class Measured:
 
 
 def run_measured(cmd: Sequence[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> Measured:
-    """Run `cmd`, returning its wall time and its own peak RSS (os.wait4). stdout is discarded."""
+    """Run `cmd`, returning its wall and CPU time and its own peak RSS (os.wait4). stdout is discarded."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -63,7 +65,7 @@ def run_measured(cmd: Sequence[str], cwd: Optional[Path] = None, env: Optional[d
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(wall, int(usage.ru_maxrss) * 1024, proc.returncode, stderr)
+    return Measured(wall, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss) * 1024, proc.returncode, stderr)
 
 
 def check(m: Measured, what: str) -> Measured:

@@ -83,7 +83,7 @@ def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool
     timings = json.loads((workdir / "timings.json").read_text())["seconds"]
     fuse_summary = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
     mesh_summary = json.loads((workdir / "mesh" / "manifest.json").read_text())["summary"]
-    return {"wall_s": m.wall_s, "rss": m.peak_rss_bytes, **{s: timings.get(s, 0.0) for s in STAGES},
+    return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss": m.peak_rss_bytes, **{s: timings.get(s, 0.0) for s in STAGES},
             "integrate": fuse_summary["seconds_integrate"], "save": fuse_summary["seconds_save"],
             "triangles": mesh_summary["triangles"]}
 
@@ -103,7 +103,7 @@ def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -
             if name == "naive":
                 out = work / "naive.ply"
                 m = check(run_measured([sys.executable, __file__, "--naive", str(capture), str(out)]), "naive script")
-                results[name].append({"wall_s": m.wall_s, "rss": m.peak_rss_bytes})
+                results[name].append({"wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss": m.peak_rss_bytes})
             else:
                 results[name].append(_run_variant(capture, work / name, variants[name], fresh=True,
                                                   checkout=before if name.startswith("before") else None))
@@ -117,27 +117,36 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
         return median([r[key] for r in results[name]])
 
     naive = med("naive", "wall_s")
+
+    def ratios(name: str) -> str:  # each repeat against the naive script of the same repeat
+        return ", ".join(f"{r['wall_s'] / n['wall_s']:.2f}" for r, n in zip(results[name], results["naive"]))
+
     rows = [("naive one-pass script", None),
             *([("`run` before this work (same command)", "before960")] if results.get("before960") else []),
             ("`run`, depth 960x720 (the naive script's size)", "run960"),
             ("`run`, default depth 1008x756", "run_default"), ("`run` again, all stages up to date", "warm")]
-    lines = ["| | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive | peak RSS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive (each repeat) | CPU time | "
+             "peak RSS |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, name in rows:
         if name is None:
-            lines.append(f"| {label} | | | | | {naive:.1f} s | 1.00 | {med('naive', 'rss') / 2**30:.2f} GiB |")
+            lines.append(f"| {label} | | | | | {naive:.1f} s | 1.00 | {med('naive', 'cpu_s'):.1f} s | "
+                         f"{med('naive', 'rss') / 2**30:.2f} GiB |")
             continue
         wall = med(name, "wall_s")
         fuse = f"{med(name, 'fuse'):.1f} s" + ("" if name == "warm" else
                                                f" ({med(name, 'integrate'):.1f} / {med(name, 'save'):.2f})")
         lines.append(f"| {label} | {med(name, 'ingest'):.1f} s | {med(name, 'depth'):.1f} s | {fuse} | "
-                     f"{med(name, 'mesh'):.1f} s | {wall:.1f} s | {wall / naive:.2f} | {med(name, 'rss') / 2**30:.2f} GiB |")
+                     f"{med(name, 'mesh'):.1f} s | {wall:.1f} s | **{wall / naive:.2f}** ({ratios(name)}) | "
+                     f"{med(name, 'cpu_s'):.1f} s | {med(name, 'rss') / 2**30:.2f} GiB |")
     return "\n".join(lines) + (
         f"\n\n{frames}-frame synthetic capture (hard room, 1920x1440 HEVC video, 256x192 LiDAR), median of {repeats} "
         f"repeats (order alternated), `promptmesh -q run CAPTURE -o WORK --depth-model lidar` as a subprocess, "
-        f"wall time including Python start-up; stage times from WORKDIR/timings.json; peak RSS = the process's own "
-        f"maximum resident set size. Machine: {machine_line()}; 1-minute load average {load_before} before, "
-        f"{load_after} after (the machine is shared). `vs naive` = wall time / the naive script's.")
+        f"wall time including Python start-up; stage times from WORKDIR/timings.json; CPU time = user + system time of "
+        f"the process (all threads: the work done, less sensitive to other people's jobs than wall time); peak RSS = the "
+        f"process's own maximum resident set size. Machine: {machine_line()}; 1-minute load average {load_before} before, "
+        f"{load_after} after (the machine is shared). `vs naive` = median wall time / the naive script's, then the "
+        f"same ratio within each repeat.")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
