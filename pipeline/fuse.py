@@ -7,7 +7,8 @@ float depth in Open3D 0.20, so it is not used.)
 Conventions:
 - Depth maps are uint16 millimetres, 0 = invalid, any size (w, h) with the RGB aspect; each frame is
   integrated at its depth map's own size with K_rgb scaled by (w/W, h/H) (pixel-edge convention,
-  `geometry.scale_intrinsics`). Colour is the RGB frame resized to (w, h); the LiDAR confidence map is
+  `geometry.scale_intrinsics`). Colour is the RGB frame decoded at a reduced JPEG scale no smaller than
+  half the depth map's size (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is
   resized to (w, h) with nearest neighbour.
 - Depth outside [depth_min_m, depth_max_m] and pixels with LiDAR confidence < min_confidence are
   dropped (set to 0), not clamped: clamping would fabricate surface at the bounds.
@@ -140,15 +141,17 @@ def mask_depth_mm(depth_mm: np.ndarray, confidence: Optional[np.ndarray], cfg: F
 
 @dataclass
 class PreparedFrame:
-    """One frame ready for integration, all at the depth map's size (w, h)."""
+    """One frame ready for integration: depth at the depth map's size (w, h), colour at its own size."""
 
     index: int
     depth_mm: np.ndarray
     """(h,w) uint16 millimetres, masked (0 = ignore)."""
     rgb: np.ndarray
-    """(h,w,3) uint8 RGB."""
+    """(h',w',3) uint8 RGB, at least half the depth map's size (`_read_colour`)."""
     K_depth: np.ndarray
     """(3,3) intrinsics at (w, h), pixels."""
+    K_color: np.ndarray
+    """(3,3) intrinsics at the colour image's size (w', h'), pixels."""
     n_valid: int
     """Depth pixels left after masking."""
 
@@ -160,20 +163,20 @@ def _imread(path: Path, flags: int, what: str) -> np.ndarray:
     return img
 
 
-def _read_rgb_at(path: Path, size_wh: tuple[int, int], full_wh: tuple[int, int]) -> np.ndarray:
-    """RGB image resized to `size_wh`; JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8) when that is
-    still at least `size_wh` (much faster than decoding full size and shrinking)."""
+def _read_colour(path: Path, depth_wh: tuple[int, int], full_wh: tuple[int, int]) -> np.ndarray:
+    """The RGB frame at the smallest JPEG decoding scale (1/8, 1/4, 1/2 or 1) that is still at least half the
+    depth map's size in each direction; not resized (the colour intrinsics follow its size).
+
+    Colour is averaged per voxel, and half the depth resolution still gives several colour pixels per voxel;
+    decoding at a reduced scale is much cheaper than decoding full size (and shrinking)."""
     flags = cv2.IMREAD_COLOR
     for factor, reduced in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                             (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if full_wh[0] // factor >= size_wh[0] and full_wh[1] // factor >= size_wh[1]:
+        if 2 * (full_wh[0] // factor) >= depth_wh[0] and 2 * (full_wh[1] // factor) >= depth_wh[1]:
             flags = reduced
             break
     bgr = _imread(path, flags, "RGB frame")
-    if (bgr.shape[1], bgr.shape[0]) != tuple(size_wh):
-        shrink = bgr.shape[1] > size_wh[0]
-        bgr = cv2.resize(bgr, size_wh, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second full-size image
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second image
 
 
 def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig) -> PreparedFrame:
@@ -189,11 +192,13 @@ def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig)
         confidence = _imread(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map")
         confidence = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_NEAREST)
     depth_mm = mask_depth_mm(depth_mm, confidence, cfg)
+    rgb = _read_colour(table.root / table.rgb_path[i], (w, h), rgb_wh)
     return PreparedFrame(
         index=i,
         depth_mm=depth_mm,
-        rgb=_read_rgb_at(table.root / table.rgb_path[i], (w, h), rgb_wh),
+        rgb=rgb,
         K_depth=scale_intrinsics(table.K_rgb[i], rgb_wh, (w, h)),
+        K_color=scale_intrinsics(table.K_rgb[i], rgb_wh, (rgb.shape[1], rgb.shape[0])),
         n_valid=int(np.count_nonzero(depth_mm)),
     )
 
@@ -231,10 +236,11 @@ def integrate_frame(grid, frame: PreparedFrame, world_to_camera: np.ndarray, cfg
     depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(frame.depth_mm)).to(device)
     color = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(frame.rgb)).to(device)
     K = o3d.core.Tensor(open3d_intrinsics(frame.K_depth))  # float64 on the CPU, as Open3D wants
+    K_color = o3d.core.Tensor(open3d_intrinsics(frame.K_color))
     extrinsic = o3d.core.Tensor(np.ascontiguousarray(world_to_camera, np.float64))
     trunc_voxels = float(cfg.sdf_trunc_voxels)
     blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
-    grid.integrate(blocks, depth, color, K, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
+    grid.integrate(blocks, depth, color, K, K_color, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
     return True
 
 

@@ -225,7 +225,7 @@ def _fused_grid(cfg: FuseConfig):
     for dx in (0.0, 0.03):
         camera_to_world = np.eye(4)
         camera_to_world[0, 3] = dx
-        frame = fuse.PreparedFrame(0, depth_mm, rgb, K, int(depth_mm.size))
+        frame = fuse.PreparedFrame(0, depth_mm, rgb, K, K, int(depth_mm.size))
         assert fuse.integrate_frame(grid, frame, np.linalg.inv(camera_to_world), cfg, o3d.core.Device("CPU:0"))
     return grid
 
