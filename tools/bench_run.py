@@ -118,8 +118,8 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
 
     naive = med("naive", "wall_s")
 
-    def ratios(name: str) -> str:  # each repeat against the naive script of the same repeat
-        return ", ".join(f"{r['wall_s'] / n['wall_s']:.2f}" for r, n in zip(results[name], results["naive"]))
+    def ratios(name: str) -> list[float]:  # each repeat against the naive script of the same repeat
+        return [r["wall_s"] / n["wall_s"] for r, n in zip(results[name], results["naive"])]
 
     rows = [("naive one-pass script", None),
             *([("`run` before this work (same command)", "before960")] if results.get("before960") else []),
@@ -137,7 +137,8 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
         fuse = f"{med(name, 'fuse'):.1f} s" + ("" if name == "warm" else
                                                f" ({med(name, 'integrate'):.1f} / {med(name, 'save'):.2f})")
         lines.append(f"| {label} | {med(name, 'ingest'):.1f} s | {med(name, 'depth'):.1f} s | {fuse} | "
-                     f"{med(name, 'mesh'):.1f} s | {wall:.1f} s | **{wall / naive:.2f}** ({ratios(name)}) | "
+                     f"{med(name, 'mesh'):.1f} s | {wall:.1f} s | **{median(ratios(name)):.2f}** "
+                     f"({', '.join(f'{x:.2f}' for x in ratios(name))}) | "
                      f"{med(name, 'cpu_s'):.1f} s | {med(name, 'rss') / 2**30:.2f} GiB |")
     return "\n".join(lines) + (
         f"\n\n{frames}-frame synthetic capture (hard room, 1920x1440 HEVC video, 256x192 LiDAR), median of {repeats} "
@@ -145,8 +146,8 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
         f"wall time including Python start-up; stage times from WORKDIR/timings.json; CPU time = user + system time of "
         f"the process (all threads: the work done, less sensitive to other people's jobs than wall time); peak RSS = the "
         f"process's own maximum resident set size. Machine: {machine_line()}; 1-minute load average {load_before} before, "
-        f"{load_after} after (the machine is shared). `vs naive` = median wall time / the naive script's, then the "
-        f"same ratio within each repeat.")
+        f"{load_after} after (the machine is shared). `vs naive` = wall time / the naive script's wall time in the same "
+        f"repeat: the median, then each repeat (robust to the load changing between repeats).")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
