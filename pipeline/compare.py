@@ -23,6 +23,7 @@ from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_wri
 from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
+from .pngio import read_depth_mm
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _read_mm(path: Path) -> np.ndarray:
-    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1000.0
+    return read_depth_mm(path, "rerun the stage that writes it with --force").astype(np.float32) / 1000.0
 
 
 def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 3) -> Path:

@@ -44,6 +44,7 @@ from .errors import PromptmeshError
 from .fuse import DEPTH_SCALE, fuse_dir
 from .geometry import output_size, scale_intrinsics
 from .mesh import mesh_dir
+from .pngio import read_depth_mm
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       voxel_downsample)
 
@@ -163,11 +164,7 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
 
 # --------------------------------------------------------------------------- depth maps
 def _read_depth_m(path: Path) -> np.ndarray:
-    mm = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mm is None or mm.ndim != 2:
-        raise PromptmeshError(f"{path}: missing or not a single-channel depth PNG; rerun the stage that writes it "
-                              "with --force")
-    return mm.astype(np.float64) / DEPTH_SCALE
+    return read_depth_mm(path, "rerun the stage that writes it with --force").astype(np.float64) / DEPTH_SCALE
 
 
 def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Optional[DepthErrorSums]:

@@ -10,7 +10,6 @@ import json
 import logging
 import shutil
 import struct
-import threading
 from pathlib import Path
 
 import cv2
@@ -278,26 +277,6 @@ def test_block_estimate_covers_the_fused_blocks(room):
     estimate = fuse.estimate_block_count(CaptureTable.load(workdir / "capture"), FUSE)
     fused = Manifest.read(fuse.fuse_dir(workdir)).summary["blocks"]
     assert fused <= estimate <= 3 * fused
-
-
-def test_prefetch_keeps_order_and_reraises():
-    assert list(fuse.prefetch(lambda x: x * x, range(20), max_waiting=2)) == [x * x for x in range(20)]
-
-    def boom(x):
-        if x == 3:
-            raise PromptmeshError("frame 3 broken")
-        return x
-
-    got = []
-    with pytest.raises(PromptmeshError, match="frame 3"):
-        for x in fuse.prefetch(boom, range(10)):
-            got.append(x)
-    assert got == [0, 1, 2]
-    # a consumer that stops early stops the reader thread too
-    gen = fuse.prefetch(lambda x: x, range(1000), max_waiting=2)
-    assert next(gen) == 0
-    gen.close()
-    assert not any(t.name.startswith("fuse-prefetch") for t in threading.enumerate())
 
 
 def test_remove_small_components_and_decimate():

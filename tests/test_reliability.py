@@ -258,21 +258,6 @@ def test_unreadable_volume_names_the_file_and_the_fix(tmp_path):
 
 
 # --------------------------------------------------------------------------- bounded memory
-def test_prefetch_computes_at_most_max_waiting_ahead():
-    started, consumed, ahead = [], [], []
-
-    def work(i):
-        started.append(i)
-        return i
-
-    for item in fuse.prefetch(work, range(40), max_waiting=3, workers=2):
-        time.sleep(0.002)
-        ahead.append(len(started) - len(consumed))  # the item in hand and those computed after it
-        consumed.append(item)
-    assert consumed == list(range(40))
-    assert max(ahead) == 1 + 3
-
-
 def test_block_estimate_does_not_depend_on_when_keys_are_reduced(capture, tmp_path, monkeypatch):
     from pipeline import ingest
     from pipeline.config import IngestConfig

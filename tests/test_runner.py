@@ -1,6 +1,5 @@
 """`promptmesh run` end to end on a synthetic capture: against a plain reference fusion loop, caching,
 guided vs lidar, and the CLI report."""
-import dataclasses
 import json
 import subprocess
 import sys
