@@ -16,19 +16,21 @@ Caching and resuming: the stage is up to date when its manifest (written last) m
 model, settings (weights hash for PromptDA), output size and the ingest manifest. Before the first frame the
 fingerprint is written to depth/<model>/.fingerprint.json; each PNG is written atomically, so after an
 interruption a rerun with the same fingerprint keeps the frames already written and computes the rest, and
-a run with another fingerprint clears the folder first. Frames are read on a background thread a few frames
-ahead, so decoding overlaps compute.
+a run with another fingerprint clears the folder first.
+
+Speed: frames are read and decoded by two background threads a few frames ahead, and the PNGs encoded and
+written by two more, so the main thread only predicts (`streams.prefetch` both ways; memory stays bounded).
+Models that ignore RGB (`uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -41,6 +43,8 @@ from ..config import DEPTH_MODELS, DepthConfig
 from ..errors import PromptmeshError
 from ..geometry import output_size
 from ..ingest import depth_m_to_mm
+from ..pngio import read_depth_mm
+from ..streams import prefetch
 from .classical import GuidedUpsampler, LidarResize, coverage
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,7 @@ WEIGHTS_HASH_CACHE = ".weights_sha256.json"
 """In WORKDIR/depth/: sha256 of weights files keyed by path, size and mtime (hashing 1 GB takes seconds)."""
 AUTO_PROMPTDA = "promptda-vits"
 PREFETCH_FRAMES = 4
+"""Frames read ahead of the model, and depth maps waiting to be written, at most (bounds memory)."""
 
 
 class DepthModel(Protocol):
@@ -65,12 +70,15 @@ class DepthModel(Protocol):
 
     def predict(self, rgb: np.ndarray, lidar_depth_m: np.ndarray, confidence: Optional[np.ndarray],
                 out_hw: tuple[int, int]) -> np.ndarray:
-        """(H,W,3) uint8 RGB, (h,w) float32 metres (0 = none), (h,w) uint8 0/1/2 or None -> (H',W') float32
-        metres, 0 = invalid."""
+        """(H,W,3) uint8 RGB (None if not `uses_rgb`), (h,w) float32 metres (0 = none), (h,w) uint8 0/1/2 or
+        None -> (H',W') float32 metres, 0 = invalid."""
 
     def predict_batch(self, rgbs: Sequence[np.ndarray], lidar_depths_m: Sequence[np.ndarray],
                       confidences: Sequence[Optional[np.ndarray]], out_hw: tuple[int, int]) -> list[np.ndarray]:
         """`predict` over frames of the same size."""
+
+    uses_rgb: bool
+    """False if `predict` ignores `rgb`: the stage then passes None instead of decoding the frame."""
 
 
 class PromptDADepth:
@@ -85,6 +93,7 @@ class PromptDADepth:
         self.weights_path = promptda_io.resolve_weights(name, cfg.weights or None)  # PromptmeshError: how to get
         self.device = promptda_io.resolve_device(cfg.device)
         self.batch_size = cfg.batch_size
+        self.uses_rgb = True
         self.settings = {"weights_sha256": cached_weights_sha256(self.weights_path, hash_cache),
                          "precision": cfg.precision, "device_type": self.device.type,
                          "fill_prompt_holes": cfg.fill_prompt_holes,
@@ -149,31 +158,30 @@ def cached_weights_sha256(path: Path, cache_file: Path) -> str:
 
 def read_depth_m(path: Path) -> np.ndarray:
     """uint16 millimetre PNG (0 = invalid) -> (h, w) float32 metres; PromptmeshError if unreadable."""
-    mm = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mm is None or mm.ndim != 2 or mm.dtype != np.uint16:
-        what = "unreadable" if mm is None else f"{mm.dtype} {mm.shape}, expected a single-channel uint16 PNG"
-        raise PromptmeshError(f"{path}: {what}; rerun `promptmesh ingest` (or delete the file's stage folder)")
-    return mm.astype(np.float32) / 1000.0
+    return read_depth_mm(path, "rerun `promptmesh ingest --force`").astype(np.float32) / 1000.0
 
 
 @dataclass
 class _Frame:
     stem: str
-    rgb: np.ndarray
-    """(H, W, 3) uint8 RGB."""
+    rgb: Optional[np.ndarray]
+    """(H, W, 3) uint8 RGB; None for models that do not use it."""
     lidar_depth_m: np.ndarray
     confidence: Optional[np.ndarray]
 
 
-def _load_frame(table: CaptureTable, i: int) -> _Frame:
-    rgb_path = table.root / table.rgb_path[i]
-    bgr = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise PromptmeshError(f"{rgb_path}: unreadable image; rerun `promptmesh ingest --force`")
-    W, H = int(table.width[i]), int(table.height[i])
-    if bgr.shape[:2] != (H, W):
-        raise PromptmeshError(f"{rgb_path}: image is {bgr.shape[1]}x{bgr.shape[0]}, frames.parquet says {W}x{H}; "
-                              "rerun `promptmesh ingest --force`")
+def _load_frame(table: CaptureTable, i: int, with_rgb: bool) -> _Frame:
+    rgb = None
+    if with_rgb:
+        rgb_path = table.root / table.rgb_path[i]
+        bgr = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise PromptmeshError(f"{rgb_path}: unreadable image; rerun `promptmesh ingest --force`")
+        W, H = int(table.width[i]), int(table.height[i])
+        if bgr.shape[:2] != (H, W):
+            raise PromptmeshError(f"{rgb_path}: image is {bgr.shape[1]}x{bgr.shape[0]}, frames.parquet says {W}x{H}; "
+                                  "rerun `promptmesh ingest --force`")
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
     lidar_path = table.root / table.lidar_path[i]
     depth_m = read_depth_m(lidar_path)
     confidence = None
@@ -183,23 +191,17 @@ def _load_frame(table: CaptureTable, i: int) -> _Frame:
         if confidence is None or confidence.shape != depth_m.shape:
             raise PromptmeshError(f"{conf_path}: unreadable or not the LiDAR size {depth_m.shape[::-1]}; "
                                   "rerun `promptmesh ingest --force`")
-    return _Frame(table.stem(i), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), depth_m, confidence)
+    return _Frame(table.stem(i), rgb, depth_m, confidence)
 
 
-def _prefetch(load: Callable[[int], _Frame], items: Iterable[int], ahead: int = PREFETCH_FRAMES) -> Iterator[_Frame]:
-    """Yield load(item) in order, loading up to `ahead` items in advance on background threads."""
-    items = iter(items)
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="depth-read")
-    pending: deque[Future] = deque(pool.submit(load, i) for _, i in zip(range(ahead), items))
-    try:
-        while pending:
-            frame = pending.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                pending.append(pool.submit(load, nxt))
-            yield frame
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+def _predict(model: DepthModel, frames: Iterator[_Frame], out_hw: tuple[int, int]) -> Iterator[tuple[str, np.ndarray]]:
+    """(stem, (H', W') float32 metres) per frame, predicted `model.batch_size` frames at a time."""
+    for batch in _batches(frames, model.batch_size):
+        depths = model.predict_batch([f.rgb for f in batch], [f.lidar_depth_m for f in batch],
+                                     [f.confidence for f in batch], out_hw)
+        for frame, depth_m in zip(batch, depths):
+            assert depth_m.shape == out_hw, f"{model.name} returned {depth_m.shape}, expected {out_hw}"
+            yield frame.stem, depth_m
 
 
 def _batches(frames: Iterator[_Frame], size: int) -> Iterator[list[_Frame]]:
@@ -254,16 +256,19 @@ def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
     coverages = []
     bar = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"depth {name}", unit="frame",
                disable=None, leave=False)
-    with bar:
-        for batch in _batches(_prefetch(lambda i: _load_frame(table, i), todo), model.batch_size):
-            depths = model.predict_batch([f.rgb for f in batch], [f.lidar_depth_m for f in batch],
-                                         [f.confidence for f in batch], (out_h, out_w))
-            for frame, depth_m in zip(batch, depths):
-                assert depth_m.shape == (out_h, out_w), f"{name} returned {depth_m.shape}, expected {(out_h, out_w)}"
-                write_png_atomic(stage_dir / f"{frame.stem}.png", depth_m_to_mm(depth_m))
-                coverages.append(coverage(depth_m))
-                log.debug("depth: %s coverage %.3f", frame.stem, coverages[-1])
-            bar.update(len(batch))
+
+    def write(item: tuple[str, np.ndarray]) -> tuple[str, float]:
+        stem, depth_m = item
+        write_png_atomic(stage_dir / f"{stem}.png", depth_m_to_mm(depth_m))
+        return stem, coverage(depth_m)
+
+    frames = prefetch(lambda i: _load_frame(table, i, model.uses_rgb), todo, PREFETCH_FRAMES, name="depth-read")
+    written = prefetch(write, _predict(model, frames, (out_h, out_w)), PREFETCH_FRAMES, name="depth-write")
+    with bar, closing(frames), closing(written):
+        for stem, frame_coverage in written:
+            coverages.append(frame_coverage)
+            log.debug("depth: %s coverage %.3f", stem, frame_coverage)
+            bar.update(1)
     seconds = time.perf_counter() - t0
     summary = {"frames": len(table), "computed": len(todo), "reused": len(table) - len(todo),
                "size_wh": [out_w, out_h], "seconds": round(seconds, 3),

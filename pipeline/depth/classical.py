@@ -367,6 +367,7 @@ class LidarResize(_FrameByFrame):
     """`lidar`: the LiDAR depth resized to the output size (normalised bilinear; the baseline)."""
 
     name = "lidar"
+    uses_rgb = False
     settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE,
                 "fuse_confidence_mask": True}  # passes the LiDAR through: fusion drops its low-confidence pixels
 
@@ -378,6 +379,7 @@ class GuidedUpsampler(_FrameByFrame):
     """`guided`: RGB-guided, confidence-weighted, flying-pixel-free upsampling (module docstring)."""
 
     name = "guided"
+    uses_rgb = True
 
     def __init__(self, params: GuidedParams = GuidedParams()):
         self.params = params
