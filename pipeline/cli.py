@@ -172,12 +172,13 @@ run.help += "\n\n" + CAPTURE_HELP
 def ingest(capture, workdir, config_path, stride, max_frames, no_blur_select, force):
     """Read CAPTURE into WORKDIR/capture/ (frames.parquet, rgb/, lidar/, confidence/)."""
     from . import ingest as stage
-    from .artifacts import WorkdirLock
+    from .artifacts import Manifest, WorkdirLock
 
     cfg = _build_config(config_path, stride, max_frames, no_blur_select)
     with WorkdirLock(workdir):
         path = stage.run(cfg.ingest, capture, workdir, force=force)
     click.echo(f"capture: {path}")
+    click.echo(f"frames:  {stage.summary_line(Manifest.read(path.parent).summary, path.parent)}")
 
 
 ingest.help += "\n\n" + CAPTURE_HELP

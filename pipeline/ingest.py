@@ -75,9 +75,20 @@ class IngestSummary:
     dropped_blurry: int = 0
     not_selected: int = 0
 
-    def line(self) -> str:
-        return (f"{self.kept} frames kept of {self.listed} listed; {len(self.skipped_bad)} bad frames skipped, "
-                f"{self.dropped_blurry} dropped as blurry, {self.not_selected} not selected (stride/limit)")
+    def counts(self) -> dict:
+        """The counts as the stage's manifest summary holds them."""
+        return {"listed": self.listed, "kept": self.kept, "skipped_bad": len(self.skipped_bad),
+                "dropped_blurry": self.dropped_blurry, "not_selected": self.not_selected}
+
+
+def summary_line(counts: dict, capture_folder: Optional[Path] = None) -> str:
+    """What ingest kept, from `IngestSummary.counts()` or the ingest manifest's summary; with
+    `capture_folder`, where the skipped frames are named."""
+    bad = counts.get("skipped_bad", 0)
+    return (f"{counts.get('kept', '?')} of {counts.get('listed', '?')} frames used ({bad} bad frames skipped, "
+            f"{counts.get('dropped_blurry', 0)} dropped as blurry, {counts.get('not_selected', 0)} not selected by "
+            "stride/limit)" + (f"; the bad ones are named in the warnings and {capture_folder / 'manifest.json'}"
+                               if bad and capture_folder is not None else ""))
 
 
 def _select(frames: Iterator[SourceFrame], cfg: IngestConfig, summary: IngestSummary,
@@ -243,7 +254,7 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
             drain(0)
         summary.kept = len(rows)
         if not rows:
-            raise PromptmeshError(f"{capture_path}: no usable frames ({summary.line()}); check the capture")
+            raise PromptmeshError(f"{capture_path}: no usable frames ({summary_line(summary.counts())}); check the capture")
     except PromptmeshError:
         remove_tree(out)  # nothing half-written stays behind
         raise
@@ -253,11 +264,9 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
     table = write_frames_table(out / "frames.parquet", rows)
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=["frames.parquet"], settings={"format": source.format, "cfg": cfg.__dict__},
-             summary={"format": source.format, "listed": summary.listed, "kept": summary.kept,
-                      "skipped_bad": len(summary.skipped_bad), "dropped_blurry": summary.dropped_blurry,
-                      "not_selected": summary.not_selected, "seconds": round(seconds, 3),
+             summary={"format": source.format, **summary.counts(), "seconds": round(seconds, 3),
                       "warnings": summary.skipped_bad[:50]}).write(out)
-    log.info("ingest: %s in %.1f s -> %s", summary.line(), seconds, out)
+    log.info("ingest: %s in %.1f s -> %s", summary_line(summary.counts()), seconds, out)
     return table
 
 

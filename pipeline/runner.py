@@ -37,12 +37,7 @@ class RunResult:
 
     def report(self) -> str:
         """What a person wants at the end: where things are, the scores, where the time went."""
-        s = self.ingest_summary
-        bad = s.get("skipped_bad", 0)
-        lines = [f"frames:      {s.get('kept', '?')} of {s.get('listed', '?')} used ({bad} bad frames skipped, "
-                 f"{s.get('dropped_blurry', 0)} dropped as blurry, {s.get('not_selected', 0)} not selected)"
-                 + (f"; the bad ones are named in the warnings and {self.workdir / 'capture' / 'manifest.json'}"
-                    if bad else ""),
+        lines = [f"frames:      {ingest.summary_line(self.ingest_summary, self.workdir / 'capture')}",
                  f"depth model: {self.depth_model}"]
         lines += [f"mesh:        {p}" for p in self.mesh_paths]
         if self.eval_path is not None:

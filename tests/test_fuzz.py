@@ -102,7 +102,7 @@ def assert_skipped(result: subprocess.CompletedProcess, workdir: Path, n_bad: in
         assert any(name in w for w in warnings), (name, warnings)
     summary = json.loads((workdir / "capture" / "manifest.json").read_text())["summary"]
     assert summary["skipped_bad"] == n_bad and summary["kept"] == N_FRAMES - n_bad
-    assert f"{N_FRAMES - n_bad} of {N_FRAMES} used ({n_bad} bad frames skipped" in result.stdout
+    assert f"{N_FRAMES - n_bad} of {N_FRAMES} frames used ({n_bad} bad frames skipped" in result.stdout
     assert (workdir / "mesh.ply").stat().st_size > 0
 
 
