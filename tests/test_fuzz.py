@@ -116,6 +116,16 @@ def test_truncated_and_corrupt_jpeg_frames_are_skipped(capture, base, tmp_path):
     assert_skipped(result, tmp_path / "w", 2, "frame_00003.jpg: truncated JPEG", "frame_00007.jpg")
 
 
+def test_ingest_command_reports_the_skipped_frames(capture, base, tmp_path):
+    cap = capture("3dscannerapp")
+    (cap / "frame_00005.jpg").write_bytes(b"\xff\xd8" + os.urandom(2000) + b"\xff\xd9")
+    result = promptmesh("ingest", cap, "-o", tmp_path / "w", "--config", base / "tiny.toml")
+    assert result.returncode == 0, result.stderr
+    assert "frame_00005.jpg" in result.stderr and "frame skipped" in result.stderr
+    assert (f"frames:  {N_FRAMES - 1} of {N_FRAMES} frames used (1 bad frames skipped" in result.stdout
+            and str(tmp_path / "w" / "capture" / "manifest.json") in result.stdout), result.stdout
+
+
 def test_jpeg_of_another_size_is_skipped(capture, base, tmp_path):
     cap = capture("r3d-exr")
     small = cv2.resize(cv2.imread(str(cap / "rgb" / "5.jpg")), (80, 60))
