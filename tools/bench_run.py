@@ -112,7 +112,8 @@ def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -
     return results
 
 
-def table(results: dict[str, list[dict]], frames: int, load_before: str, load_after: str, repeats: int) -> str:
+def table(results: dict[str, list[dict]], frames: int, load_before: str, load_after: str, repeats: int,
+          before_label: str = "before this work") -> str:
     def med(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
 
@@ -122,7 +123,7 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
         return [r["wall_s"] / n["wall_s"] for r, n in zip(results[name], results["naive"])]
 
     rows = [("naive one-pass script", None),
-            *([("`run` before this work (same command)", "before960")] if results.get("before960") else []),
+            *([(f"`run` {before_label} (same command)", "before960")] if results.get("before960") else []),
             ("`run`, depth 960x720 (the naive script's size)", "run960"),
             ("`run`, default depth 1008x756", "run_default"), ("`run` again, all stages up to date", "warm")]
     lines = ["| | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive (each repeat) | CPU time | "
@@ -159,6 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--write", action="store_true", help=f"write the table into {BENCHMARKS_MD} ('End to end')")
     ap.add_argument("--before", type=Path, help="a folder holding an older version's pipeline/ (e.g. from "
                     "`git archive REV pipeline | tar -x -C DIR`), timed with the same command")
+    ap.add_argument("--before-label", default="before this work", help="how the table names --before's version")
     ap.add_argument("--naive", nargs=2, type=Path, metavar=("CAPTURE", "OUT_PLY"),
                     help="only run the naive one-pass script (what the benchmark times in a subprocess)")
     args = ap.parse_args(argv)
@@ -173,7 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     load_before = load_average()
     results = benchmark(capture, work, args.repeats, args.before)
-    text = table(results, args.frames, load_before, load_average(), args.repeats)
+    text = table(results, args.frames, load_before, load_average(), args.repeats, args.before_label)
     print(text)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     if args.write:
