@@ -13,6 +13,7 @@ from pipeline.config import DepthConfig
 from pipeline.depth.classical import GuidedUpsampler
 from pipeline.errors import PromptmeshError
 from pipeline.geometry import output_size
+from pipeline.ingest import depth_m_to_mm
 
 RGB_WH = (64, 48)
 LIDAR_WH = (16, 12)
@@ -86,6 +87,23 @@ def test_outputs_names_sizes_and_millimetres(tmp_path, model):
         assert abs(int(mm[8, (10 + 6 * k) // 2 + 5]) - (1000 + 10 * k)) <= tolerance_mm // 2  # box centre
     manifest = Manifest.read(out)
     assert manifest.settings["model"] == model and manifest.summary["computed"] == N_FRAMES
+
+
+@pytest.mark.parametrize("model", ["lidar", "guided"])
+def test_frames_predicted_on_threads_equal_one_at_a_time(tmp_path, model):
+    """The stage runs classical models on worker threads (and lidar without RGB): same maps as calling the
+    model frame by frame on decoded frames."""
+    wd = make_workdir(tmp_path)
+    out = depth.run(DepthConfig(model=model, long_side_px=40), wd)
+    predictor = depth.MODELS[model](DepthConfig(), wd / "depth")
+    assert predictor.frames_in_parallel and predictor.uses_rgb == (model == "guided")
+    for k in range(N_FRAMES):
+        stem = f"{5 * k:06d}"
+        rgb = cv2.cvtColor(cv2.imread(str(wd / "capture" / "rgb" / f"{stem}.jpg")), cv2.COLOR_BGR2RGB)
+        lidar_m = cv2.imread(str(wd / "capture" / "lidar" / f"{stem}.png"), cv2.IMREAD_UNCHANGED) / 1000.0
+        confidence = cv2.imread(str(wd / "capture" / "confidence" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        expected = depth_m_to_mm(predictor.predict(rgb, lidar_m.astype(np.float32), confidence, (30, 40)))
+        np.testing.assert_array_equal(cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED), expected)
 
 
 def test_full_resolution_keeps_rgb_size(tmp_path):

@@ -18,16 +18,17 @@ fingerprint is written to depth/<model>/.fingerprint.json; each PNG is written a
 interruption a rerun with the same fingerprint keeps the frames already written and computes the rest, and
 a run with another fingerprint clears the folder first.
 
-Speed: frames are read and decoded by two background threads a few frames ahead, and the PNGs encoded and
-written by two more, so the main thread only predicts (`streams.prefetch` both ways; memory stays bounded).
-Models that ignore RGB (`uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded.
+Speed: the classical models (`frames_in_parallel`) run whole frames (read, predict, write) on two threads,
+one frame each; for PromptDA the main thread predicts batches while two threads read frames ahead and two
+encode and write the PNGs behind (`streams.prefetch`; memory stays bounded either way). Models that ignore
+RGB (`uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Protocol, Sequence
@@ -57,6 +58,8 @@ WEIGHTS_HASH_CACHE = ".weights_sha256.json"
 AUTO_PROMPTDA = "promptda-vits"
 PREFETCH_FRAMES = 4
 """Frames read ahead of the model, and depth maps waiting to be written, at most (bounds memory)."""
+FRAME_WORKERS = 2
+"""Threads predicting whole frames for models with `frames_in_parallel` (this machine has 2 cores)."""
 
 
 class DepthModel(Protocol):
@@ -79,6 +82,10 @@ class DepthModel(Protocol):
 
     uses_rgb: bool
     """False if `predict` ignores `rgb`: the stage then passes None instead of decoding the frame."""
+    frames_in_parallel: bool
+    """True if `predict` is thread-safe and single-threaded (numpy/OpenCV on one frame): the stage then runs
+    whole frames (read, predict, write) on FRAME_WORKERS threads. False (PromptDA: torch already uses every
+    core): the main thread predicts batches."""
 
 
 class PromptDADepth:
@@ -94,6 +101,7 @@ class PromptDADepth:
         self.device = promptda_io.resolve_device(cfg.device)
         self.batch_size = cfg.batch_size
         self.uses_rgb = True
+        self.frames_in_parallel = False
         self.settings = {"weights_sha256": cached_weights_sha256(self.weights_path, hash_cache),
                          "precision": cfg.precision, "device_type": self.device.type,
                          "fill_prompt_holes": cfg.fill_prompt_holes,
@@ -200,8 +208,12 @@ def _predict(model: DepthModel, frames: Iterator[_Frame], out_hw: tuple[int, int
         depths = model.predict_batch([f.rgb for f in batch], [f.lidar_depth_m for f in batch],
                                      [f.confidence for f in batch], out_hw)
         for frame, depth_m in zip(batch, depths):
-            assert depth_m.shape == out_hw, f"{model.name} returned {depth_m.shape}, expected {out_hw}"
-            yield frame.stem, depth_m
+            yield frame.stem, _checked_shape(model, depth_m, out_hw)
+
+
+def _checked_shape(model: DepthModel, depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    assert depth_m.shape == out_hw, f"{model.name} returned {depth_m.shape}, expected {out_hw}"
+    return depth_m
 
 
 def _batches(frames: Iterator[_Frame], size: int) -> Iterator[list[_Frame]]:
@@ -257,14 +269,27 @@ def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
     bar = tqdm(total=len(table), initial=len(table) - len(todo), desc=f"depth {name}", unit="frame",
                disable=None, leave=False)
 
+    def load(i: int) -> _Frame:
+        return _load_frame(table, i, model.uses_rgb)
+
     def write(item: tuple[str, np.ndarray]) -> tuple[str, float]:
         stem, depth_m = item
         write_png_atomic(stage_dir / f"{stem}.png", depth_m_to_mm(depth_m))
         return stem, coverage(depth_m)
 
-    frames = prefetch(lambda i: _load_frame(table, i, model.uses_rgb), todo, PREFETCH_FRAMES, name="depth-read")
-    written = prefetch(write, _predict(model, frames, (out_h, out_w)), PREFETCH_FRAMES, name="depth-write")
-    with bar, closing(frames), closing(written):
+    def whole_frame(i: int) -> tuple[str, float]:
+        frame = load(i)
+        depth_m = model.predict(frame.rgb, frame.lidar_depth_m, frame.confidence, (out_h, out_w))
+        return write((frame.stem, _checked_shape(model, depth_m, (out_h, out_w))))
+
+    with bar, ExitStack() as stack:
+        if model.frames_in_parallel:  # each worker thread reads, predicts and writes whole frames
+            written = stack.enter_context(closing(prefetch(whole_frame, todo, PREFETCH_FRAMES, FRAME_WORKERS,
+                                                           name="depth")))
+        else:  # the main thread predicts batches; threads read ahead and write behind
+            frames = stack.enter_context(closing(prefetch(load, todo, PREFETCH_FRAMES, name="depth-read")))
+            written = stack.enter_context(closing(prefetch(write, _predict(model, frames, (out_h, out_w)),
+                                                           PREFETCH_FRAMES, name="depth-write")))
         for stem, frame_coverage in written:
             coverages.append(frame_coverage)
             log.debug("depth: %s coverage %.3f", stem, frame_coverage)

@@ -368,6 +368,7 @@ class LidarResize(_FrameByFrame):
 
     name = "lidar"
     uses_rgb = False
+    frames_in_parallel = True
     settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE,
                 "fuse_confidence_mask": True}  # passes the LiDAR through: fusion drops its low-confidence pixels
 
@@ -380,6 +381,7 @@ class GuidedUpsampler(_FrameByFrame):
 
     name = "guided"
     uses_rgb = True
+    frames_in_parallel = True
 
     def __init__(self, params: GuidedParams = GuidedParams()):
         self.params = params
