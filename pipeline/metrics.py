@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 DELTA_0_5 = 1.25 ** 0.5
 """Ratio bound of the delta_0.5 depth accuracy (PromptDA's tightest delta)."""
@@ -87,9 +86,22 @@ def point_distances(pred_points: np.ndarray, gt_points: np.ndarray) -> tuple[np.
     gt = np.asarray(gt_points, np.float64).reshape(-1, 3)
     if len(pred) == 0 or len(gt) == 0:
         raise ValueError(f"need points on both sides (pred {len(pred)}, gt {len(gt)})")
-    d_pred_to_gt, _ = cKDTree(gt).query(pred, k=1, workers=-1)
-    d_gt_to_pred, _ = cKDTree(pred).query(gt, k=1, workers=-1)
-    return d_pred_to_gt, d_gt_to_pred
+    return nearest_distances(pred, gt), nearest_distances(gt, pred)
+
+
+def nearest_distances(points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(N,) distance from each of `points` (N,3) to its nearest neighbour among `targets` (M,3), exact.
+
+    Open3D's KD-tree (nanoflann, all cores). It is used instead of scipy's cKDTree because the points of a
+    GT mesh far from a partial scan (unscanned walls, metres away) make cKDTree search most of its tree:
+    ~5 s against ~0.2 s for 0.5M points here, with identical distances (float64 both).
+    """
+    import open3d as o3d
+
+    search = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(np.ascontiguousarray(targets, np.float64)))
+    search.knn_index()
+    _, squared = search.knn_search(o3d.core.Tensor(np.ascontiguousarray(points, np.float64)), 1)
+    return np.sqrt(squared.numpy()[:, 0])
 
 
 def fscore(precision: float, recall: float) -> float:

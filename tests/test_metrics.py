@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from pipeline.metrics import (DELTA_0_5, DepthErrorSums, depth_metrics, fscore, fscore_curve, mesh_metrics,
-                              metrics_from_distances, point_distances, sample_surface, voxel_downsample)
+                              metrics_from_distances, nearest_distances, point_distances, sample_surface,
+                              voxel_downsample)
 
 
 def grid_plane(x_max: float, y_max: float, spacing: float, z: float) -> np.ndarray:
@@ -81,6 +82,19 @@ def test_fscore_zero_when_precision_zero():
 def test_point_distances_needs_points():
     with pytest.raises(ValueError):
         point_distances(np.zeros((0, 3)), np.zeros((2, 3)))
+
+
+def test_nearest_distances_equal_brute_force_also_far_from_the_targets():
+    rng = np.random.default_rng(0)
+    targets = grid_plane(1.0, 1.0, 0.02, 0.0)  # a 1 m square of points at z = 0
+    near = rng.uniform(-0.1, 1.1, (300, 3)) * [1, 1, 0.05]
+    far = rng.uniform(-3.0, 3.0, (300, 3)) + [0, 0, 2.0]  # metres away, the costly case for a KD-tree
+    points = np.concatenate([near, far])
+    brute = np.sqrt(((points[:, None, :] - targets[None, :, :]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(nearest_distances(points, targets), brute, rtol=0, atol=1e-12)
+    d_a, d_b = point_distances(points, targets)
+    np.testing.assert_allclose(d_a, brute, rtol=0, atol=1e-12)
+    assert d_b.shape == (len(targets),) and d_b.min() >= 0
 
 
 def test_fscore_curve_matches_single_thresholds():
