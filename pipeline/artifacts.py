@@ -219,6 +219,28 @@ def invalidate(stage_dir: Path) -> None:
     _unlink_quiet(Manifest.path_in(stage_dir))
 
 
+RESUME_MARKER = ".fingerprint.json"
+"""Written into a stage folder before its first per-frame output: the fingerprint those outputs are made with."""
+
+
+def start_or_resume(stage_dir: Path, stamp: str, settings: Any, force: bool) -> bool:
+    """For stages that write one file (or set) per frame: True if `stage_dir` holds outputs of an interrupted
+    run with the same fingerprint `stamp` (keep them, compute the rest); otherwise (another fingerprint,
+    nothing there, or `force`) empty the folder, record `stamp` in its RESUME_MARKER and return False.
+
+    Per-frame outputs must be written atomically, so that an existing file is a complete one."""
+    marker = Path(stage_dir) / RESUME_MARKER
+    try:
+        previous = json.loads(marker.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        previous = None
+    if previous == stamp and not force:
+        return True
+    remove_tree(stage_dir)
+    atomic_write_json(marker, {"fingerprint": stamp, "settings": settings})
+    return False
+
+
 # --------------------------------------------------------------------------- workdir lock
 TEMPORARY_NAME = re.compile(r"^\..+\.([a-z0-9_]{8}|\d+)\.tmp(\.[A-Za-z0-9]+)?$")
 """Names of the temporaries of atomic_write_bytes (.NAME.XXXXXXXX.tmp, mkstemp's 8 random characters) and

@@ -4,6 +4,10 @@ Frames stream from the reader one at a time (memory does not grow with capture l
 copied byte for byte when the source has them, video frames are encoded once. Encoding and writing
 run on a small bounded thread pool so that decoding the next frame overlaps them.
 
+Resuming: each frame's PNGs are written before its RGB JPEG (all atomically), so a frame whose JPEG exists
+is complete. After an interruption, a rerun with the same fingerprint (`artifacts.start_or_resume`) decodes
+and selects the frames again (selection needs them) but does not write again the frames already there.
+
 Frame selection: one frame per window of `stride` frames; with `blur_select` the sharpest (variance of
 the Laplacian) instead of the first, and a kept frame far blurrier than the running median is dropped.
 A frame whose data is unreadable or whose pose is not a finite rigid transform is skipped with a
@@ -14,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional
@@ -23,14 +27,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .artifacts import (Manifest, atomic_write_bytes, fingerprint, is_current, remove_tree, source_fingerprint,
-                        write_png_atomic)
+from .artifacts import (Manifest, atomic_write_bytes, fingerprint, invalidate, is_current, remove_tree,
+                        source_fingerprint, start_or_resume, write_png_atomic)
 from .capture import CaptureSource, FrameRow, SourceFrame, write_frames_table
 from .config import IngestConfig
 from .errors import PromptmeshError
 from .geometry import is_valid_pose
 from .readers import CaptureReader, open_capture
 from .readers.common import decode_jpeg, read_bytes
+from .streams import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +79,8 @@ class IngestSummary:
     skipped_bad: list[str] = field(default_factory=list)
     dropped_blurry: int = 0
     not_selected: int = 0
+    reused: int = 0
+    """Frames an interrupted run with the same fingerprint had already written (not written again)."""
 
     def counts(self) -> dict:
         """The counts as the stage's manifest summary holds them."""
@@ -155,10 +162,33 @@ def _checked_quarter_gray(jpeg: bytes, name: str, size_wh: tuple[int, int]) -> n
 
 
 def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_quality: int,
-                 gt_depth) -> FrameRow:
-    """Write one frame's files atomically; raise PromptmeshError if its data is bad."""
+                 gt_depth, reuse: bool) -> tuple[FrameRow, bool]:
+    """Write one frame's files atomically, the RGB JPEG last (so an existing JPEG means the frame is complete);
+    with `reuse`, a frame whose JPEG exists (an interrupted run with the same fingerprint) is not written again.
+    Returns (its row, whether it was reused); PromptmeshError if its data is bad."""
     f = cand.frame
     stem = f"{f.frame_index:06d}"
+    rgb_rel, lidar_rel, conf_rel = f"rgb/{stem}.jpg", f"lidar/{stem}.png", f"confidence/{stem}.png"
+    reused = reuse and (out / rgb_rel).exists()
+    if reused:
+        has_confidence = (out / conf_rel).exists()
+    else:
+        has_confidence = _write_frame_files(cand, out, source, jpeg_quality, gt_depth, rgb_rel, lidar_rel, conf_rel)
+    W, H = source.rgb_size
+    K = f.K_rgb
+    return FrameRow(
+        frame_index=int(f.frame_index), timestamp_s=float(f.timestamp_s), rgb_path=rgb_rel, lidar_path=lidar_rel,
+        confidence_path=conf_rel if has_confidence else None, width=int(W), height=int(H),
+        lidar_width=int(source.lidar_size[0]), lidar_height=int(source.lidar_size[1]), fx=float(K[0, 0]),
+        fy=float(K[1, 1]), cx=float(K[0, 2]), cy=float(K[1, 2]),
+        camera_to_world=[float(v) for v in np.asarray(f.camera_to_world).reshape(-1)],
+    ), reused
+
+
+def _write_frame_files(cand: _Candidate, out: Path, source: CaptureSource, jpeg_quality: int, gt_depth,
+                       rgb_rel: str, lidar_rel: str, conf_rel: str) -> bool:
+    """LiDAR, confidence and GT depth PNGs, then the RGB JPEG; returns whether a confidence map was written."""
+    f = cand.frame
     W, H = source.rgb_size
     depth_m = f.load_depth_m()
     if depth_m.ndim != 2 or depth_m.shape[::-1] != tuple(source.lidar_size):
@@ -167,9 +197,8 @@ def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_qualit
     conf = f.load_confidence() if f.load_confidence is not None else None
     if conf is not None and conf.shape != depth_m.shape:
         raise PromptmeshError(f"{f.source_name}: confidence map {conf.shape} differs from depth {depth_m.shape}")
-    rgb_rel = f"rgb/{stem}.jpg"
     if cand.jpeg is not None:
-        atomic_write_bytes(out / rgb_rel, cand.jpeg)  # checked in _select: copied unchanged
+        jpeg = cand.jpeg  # checked in _select: copied unchanged
     else:
         rgb = cand.rgb if cand.rgb is not None else f.load_rgb()
         if rgb.shape[:2] != (H, W):
@@ -178,24 +207,16 @@ def _write_frame(cand: _Candidate, out: Path, source: CaptureSource, jpeg_qualit
                                [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for frame {f.frame_index}")
-        atomic_write_bytes(out / rgb_rel, buf.tobytes())
-    lidar_rel = f"lidar/{stem}.png"
+        jpeg = buf.tobytes()
     write_png_atomic(out / lidar_rel, depth_m_to_mm(depth_m))
-    conf_rel = None
     if conf is not None:
-        conf_rel = f"confidence/{stem}.png"
         write_png_atomic(out / conf_rel, np.clip(conf, 0, 2).astype(np.uint8))
     if gt_depth is not None:
         gt = gt_depth(f.frame_index)
         if gt is not None:
-            write_png_atomic(out / f"gt_depth/{stem}.png", depth_m_to_mm(gt))
-    K = f.K_rgb
-    return FrameRow(
-        frame_index=int(f.frame_index), timestamp_s=float(f.timestamp_s), rgb_path=rgb_rel, lidar_path=lidar_rel,
-        confidence_path=conf_rel, width=int(W), height=int(H), lidar_width=int(source.lidar_size[0]),
-        lidar_height=int(source.lidar_size[1]), fx=float(K[0, 0]), fy=float(K[1, 1]), cx=float(K[0, 2]),
-        cy=float(K[1, 2]), camera_to_world=[float(v) for v in np.asarray(f.camera_to_world).reshape(-1)],
-    )
+            write_png_atomic(out / f"gt_depth/{Path(rgb_rel).stem}.png", depth_m_to_mm(gt))
+    atomic_write_bytes(out / rgb_rel, jpeg)  # last: the frame's files are complete once its JPEG exists
+    return conf is not None
 
 
 def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = False,
@@ -221,37 +242,35 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
              source.format, capture_path, source.n_frames, *source.rgb_size, *source.lidar_size, cfg.stride,
              cfg.max_frames or "all", cfg.blur_select)
     t0 = time.perf_counter()
-    remove_tree(out)  # stale artifacts of other settings must not survive
-    out.mkdir(parents=True)
+    # stale artifacts of other settings must not survive; those of an interrupted run with these are kept
+    resumed = start_or_resume(out, stamp, {"format": source.format, "cfg": cfg}, force)
+    invalidate(out)
     summary = IngestSummary(listed=source.n_frames)
 
     def warn(msg: str) -> None:
         summary.skipped_bad.append(msg)
         log.warning("ingest: %s", msg)
 
+    def write(cand: _Candidate) -> tuple[FrameRow, bool] | PromptmeshError:
+        try:
+            return _write_frame(cand, out, source, cfg.jpeg_quality, source.gt_depth, reuse=resumed)
+        except PromptmeshError as e:  # a bad frame: skipped and counted, not fatal
+            return e
+
     for msg in source.skipped:
         warn(msg)
     rows: list[FrameRow] = []
-    pending: deque[tuple[_Candidate, Future]] = deque()
-
-    def drain(limit: int) -> None:
-        while len(pending) > limit:
-            cand, fut = pending.popleft()
-            try:
-                rows.append(fut.result())
-            except PromptmeshError as e:
-                warn(f"{e}; frame skipped")
-
     bar = tqdm(total=source.n_frames, desc="ingest", unit="frame", disable=None, leave=False)
     try:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            frames = source.frames()
-            counted = _count_progress(frames, bar)
-            for cand in _select(counted, cfg, summary, warn):
-                pending.append((cand, pool.submit(_write_frame, cand, out, source, cfg.jpeg_quality,
-                                                  source.gt_depth)))
-                drain(4)  # bounded: at most a few decoded frames in flight
-            drain(0)
+        selected = _select(_count_progress(source.frames(), bar), cfg, summary, warn)
+        # decoding (in _select) on this thread; encoding and writing on two threads, a few frames in flight
+        with closing(prefetch(write, selected, max_waiting=4, name="ingest-write")) as written:
+            for result in written:
+                if isinstance(result, PromptmeshError):
+                    warn(f"{result}; frame skipped")
+                else:
+                    rows.append(result[0])
+                    summary.reused += result[1]
         summary.kept = len(rows)
         if not rows:
             raise PromptmeshError(f"{capture_path}: no usable frames ({summary_line(summary.counts())}); check the capture")
@@ -264,9 +283,10 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
     table = write_frames_table(out / "frames.parquet", rows)
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=["frames.parquet"], settings={"format": source.format, "cfg": cfg.__dict__},
-             summary={"format": source.format, **summary.counts(), "seconds": round(seconds, 3),
-                      "warnings": summary.skipped_bad[:50]}).write(out)
-    log.info("ingest: %s in %.1f s -> %s", summary_line(summary.counts()), seconds, out)
+             summary={"format": source.format, **summary.counts(), "reused": summary.reused,
+                      "seconds": round(seconds, 3), "warnings": summary.skipped_bad[:50]}).write(out)
+    log.info("ingest: %s in %.1f s%s -> %s", summary_line(summary.counts()), seconds,
+             f" ({summary.reused} frames kept from an interrupted run)" if summary.reused else "", out)
     return table
 
 

@@ -104,3 +104,45 @@ def test_all_frames_bad_is_an_error(monkeypatch, tmp_path):
 def test_depth_m_to_mm():
     d = np.array([[0.0, np.nan, -1.0, 1.2344], [np.inf, 70.0, 0.0004, 2.0]], np.float32)
     np.testing.assert_array_equal(ingest.depth_m_to_mm(d), [[0, 0, 0, 1234], [0, 0, 0, 2000]])
+
+
+def test_interrupted_ingest_resumes_without_rewriting_finished_frames(monkeypatch, tmp_path):
+    cfg = IngestConfig(stride=1, blur_select=False)
+    frames = [_frame(i) for i in range(12)]
+    (tmp_path / "ref").mkdir()
+    reference = _run(monkeypatch, tmp_path / "ref", frames, cfg)
+
+    def interrupted_at_7(i: int) -> SourceFrame:
+        f = _frame(i)
+        if i == 7:
+            def stop():
+                raise KeyboardInterrupt  # Ctrl-C while frame 7 is decoded
+            f = SourceFrame(**{**f.__dict__, "load_rgb": stop})
+        return f
+
+    monkeypatch.setattr(ingest, "open_capture", lambda p: _source([interrupted_at_7(i) for i in range(12)]))
+    (tmp_path / "cap").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        ingest.run(cfg, tmp_path / "cap", tmp_path / "wd")
+    out = tmp_path / "wd" / "capture"
+    done = sorted(p.name for p in (out / "rgb").glob("*.jpg"))
+    assert done == [f"{i:06d}.jpg" for i in range(7)]  # every frame handed to the writers was finished
+    assert ingest.Manifest.read(out) is None and not (out / "frames.parquet").exists()
+    (out / "rgb" / "000003.jpg").unlink()  # as if killed between frame 3's PNGs and its JPEG
+    kept_mtime = {n: (out / "rgb" / n).stat().st_mtime_ns for n in done if n != "000003.jpg"}
+
+    written = []
+    write_files = ingest._write_frame_files
+    monkeypatch.setattr(ingest, "_write_frame_files",
+                        lambda cand, *a: written.append(cand.frame.frame_index) or write_files(cand, *a))
+    monkeypatch.setattr(ingest, "open_capture", lambda p: _source(frames))
+    ingest.run(cfg, tmp_path / "cap", tmp_path / "wd")
+    table = CaptureTable.load(out)
+    assert sorted(written) == [3, *range(7, 12)]
+    assert {n: (out / "rgb" / n).stat().st_mtime_ns for n in kept_mtime} == kept_mtime
+    assert ingest.Manifest.read(out).summary["reused"] == 6
+    assert table.frame_index.tolist() == reference.frame_index.tolist() == list(range(12))
+    assert table.confidence_path == reference.confidence_path
+    ref_out = tmp_path / "ref" / "wd" / "capture"
+    for rel in [*table.rgb_path, *table.lidar_path, *table.confidence_path]:
+        assert (out / rel).read_bytes() == (ref_out / rel).read_bytes(), rel

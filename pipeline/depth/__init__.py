@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import (Manifest, atomic_write_json, fingerprint, is_current, remove_tree, upstream_fingerprint,
+from ..artifacts import (Manifest, atomic_write_json, fingerprint, is_current, start_or_resume, upstream_fingerprint,
                          write_png_atomic)
 from ..capture import CaptureTable
 from ..config import DEPTH_MODELS, DepthConfig
@@ -51,8 +51,6 @@ from .classical import GuidedUpsampler, LidarResize, coverage
 log = logging.getLogger(__name__)
 
 STAGE = "depth"
-FINGERPRINT_FILE = ".fingerprint.json"
-"""Fingerprint the PNGs in depth/<model>/ were made with, written before the first frame."""
 WEIGHTS_HASH_CACHE = ".weights_sha256.json"
 """In WORKDIR/depth/: sha256 of weights files keyed by path, size and mtime (hashing 1 GB takes seconds)."""
 AUTO_PROMPTDA = "promptda-vits"
@@ -228,20 +226,6 @@ def _batches(frames: Iterator[_Frame], size: int) -> Iterator[list[_Frame]]:
         yield batch
 
 
-def _start_or_resume(stage_dir: Path, stamp: str, settings: dict, force: bool) -> bool:
-    """Keep stage_dir's PNGs if they were made with `stamp` (returns True), else empty it and record `stamp`."""
-    marker = stage_dir / FINGERPRINT_FILE
-    try:
-        previous = json.loads(marker.read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        previous = None
-    if previous == stamp and not force:
-        return True
-    remove_tree(stage_dir)
-    atomic_write_json(marker, {"fingerprint": stamp, "settings": settings})
-    return False
-
-
 def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
     """Estimate depth for every frame of WORKDIR/capture into WORKDIR/depth/<model>/; returns that folder."""
     workdir = Path(workdir)
@@ -260,7 +244,7 @@ def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
     table = CaptureTable.load(capture_dir)
     W, H = table.rgb_size
     out_w, out_h = output_size(W, H, cfg.long_side_px)
-    resumed = _start_or_resume(stage_dir, stamp, settings, force)
+    resumed = start_or_resume(stage_dir, stamp, settings, force)
     outputs = [f"{table.stem(i)}.png" for i in range(len(table))]
     todo = [i for i, o in enumerate(outputs) if not (resumed and (stage_dir / o).exists())]
     log.info("depth: model %s, %d frames (%d already done), RGB %dx%d -> depth %dx%d", name, len(table),
