@@ -82,7 +82,7 @@ def fuse_dir(out_dir: Path) -> Path:
 
 
 def tsdf_path(out_dir: Path) -> Path:
-    """The TSDF volume written by `run` (VoxelBlockGrid.save format, npz)."""
+    """The TSDF volume written by `run` (the compact npz of `save_volume`)."""
     return fuse_dir(out_dir) / TSDF_NAME
 
 
@@ -238,8 +238,8 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
     n_gathered = 0
     for i in range(len(table)):
         try:
-            depth_mm = read_depth_mm(table.root / table.lidar_path[i], "")
-        except PromptmeshError:
+            depth_mm = read_depth_mm(table.root / table.lidar_path[i], "left out of the estimate")
+        except PromptmeshError:  # the depth stage reports it
             continue
         h, w = depth_mm.shape
         stride = max(1, w // samples_per_row)
