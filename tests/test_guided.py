@@ -5,8 +5,8 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline.depth.classical import (GuidedParams, coverage, edge_aware_smooth, fit_planes, flying_pixels,
-                                      guided_upsample, refine_lidar, resize_lidar)
+from pipeline.depth.classical import (GuidedParams, _sample_grid, coverage, edge_aware_smooth, fit_planes,
+                                      flying_pixels, guided_upsample, refine_lidar, resize_lidar, snap_upsample)
 
 
 def step_scene(seed: int = 0, H: int = 192, W: int = 256, noise_m: float = 0.01):
@@ -75,6 +75,44 @@ def test_guided_is_exact_on_a_smooth_surface():
     out = guided_upsample(rgb, lidar, None, (H, W))
     assert coverage(out) == 1.0
     assert np.abs(out - gt).mean() < 0.003
+
+
+def test_snap_upsample_mean_and_edges_equal_the_per_sample_definition():
+    """Away from depth edges an output pixel is the weighted mean of log depth over its (2r)^2 samples
+    (weight = valid * Gaussian(row) * Gaussian(column)); it is an edge pixel when its valid samples span more
+    than jump_log. Checked against that definition sample by sample."""
+    rng = np.random.default_rng(5)
+    h, w, H, W = 9, 12, 27, 40
+    depth = rng.uniform(1.0, 1.03, (h, w)).astype(np.float32)
+    depth[rng.random((h, w)) < 0.25] = 0.0  # holes change the weights pixel by pixel
+    depth[:, 8:] *= 2.0  # a depth step: edge pixels there
+    p = GuidedParams()
+    rgb = np.zeros((H, W, 3), np.uint8)
+    out = snap_upsample(rgb, depth, (H, W), p)
+    iy, wy = _sample_grid(H, h, p.radius_lr, p.sigma_spatial_lr)
+    ix, wx = _sample_grid(W, w, p.radius_lr, p.sigma_spatial_lr)
+    checked_mean = checked_edges = 0
+    for Y in range(H):
+        for X in range(W):
+            logs, weights = [], []
+            for a in range(len(iy)):
+                for b in range(len(ix)):
+                    d = depth[iy[a][Y], ix[b][X]]
+                    if d > 0 and wy[a][Y] * wx[b][X] > 0:
+                        logs.append(np.log(d))
+                        weights.append(wy[a][Y] * wx[b][X])
+            if not logs or out[Y, X] == 0:
+                continue
+            if max(logs) - min(logs) > p.jump_log:
+                checked_edges += 1  # snapped to one side of the step, not averaged across it
+                mid = (min(logs) + max(logs)) / 2
+                near, far = [v for v in logs if v < mid], [v for v in logs if v >= mid]
+                value = np.log(out[Y, X])
+                assert any(min(side) - 1e-6 <= value <= max(side) + 1e-6 for side in (near, far))
+            else:
+                checked_mean += 1
+                assert np.log(out[Y, X]) == pytest.approx(np.average(logs, weights=weights), abs=1e-5)
+    assert checked_mean > 300 and checked_edges > 20
 
 
 @pytest.mark.parametrize("with_confidence", [False, True])

@@ -284,18 +284,33 @@ def snap_upsample(rgb: np.ndarray, depth_m: np.ndarray, out_hw: tuple[int, int],
     guide = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA if H < rgb.shape[0] else cv2.INTER_LINEAR)
     guide_lr = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
 
-    # stacks over the K = (2r)^2 samples of every output pixel: (K, H', W')
+    # each output pixel draws on K = (2r)^2 samples (taps (a, b): row tap a, column tap b) with weight
+    # valid * wy[a] * wx[b]; the weighted mean and the range of the valid samples are separable (rows, then
+    # columns), so only the pixels that need every sample (edges, refills) gather them
     iy, wy = _sample_grid(H, h, p.radius_lr, p.sigma_spatial_lr)
     ix, wx = _sample_grid(W, w, p.radius_lr, p.sigma_spatial_lr)
     taps = [(a, b) for a in range(len(iy)) for b in range(len(ix))]
-    log_k = np.stack([log_lr.take(iy[a], 0).take(ix[b], 1) for a, b in taps])
-    weight_k = np.stack([weight_lr.take(iy[a], 0).take(ix[b], 1) * np.outer(wy[a], wx[b]) for a, b in taps])
 
-    total = weight_k.sum(0)
-    out_log = (weight_k * log_k).sum(0) / np.maximum(total, 1e-12)
-    has = weight_k > 0
-    span = np.where(has, log_k, -np.inf).max(0) - np.where(has, log_k, np.inf).min(0)
+    def separable_sum(values: np.ndarray) -> np.ndarray:  # (h, w) -> (H', W'): sum over taps of weight * value
+        rows = sum(wy[a][:, None] * values.take(iy[a], 0) for a in range(len(iy)))
+        return sum(wx[b][None, :] * rows.take(ix[b], 1) for b in range(len(ix)))
+
+    def separable_extreme(values: np.ndarray, pick, empty: float) -> np.ndarray:  # over the valid taps
+        masked = np.where(valid, values, empty).astype(np.float32)
+        rows = pick.reduce([np.where(wy[a][:, None] > 0, masked.take(iy[a], 0), empty) for a in range(len(iy))])
+        return pick.reduce([np.where(wx[b][None, :] > 0, rows.take(ix[b], 1), empty) for b in range(len(ix))])
+
+    def samples_at(ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(K, M) log depths and weights of the samples of output pixels (ys, xs)."""
+        log_k = np.stack([log_lr[iy[a][ys], ix[b][xs]] for a, b in taps])
+        weight_k = np.stack([weight_lr[iy[a][ys], ix[b][xs]] * (wy[a][ys] * wx[b][xs]) for a, b in taps])
+        return log_k, weight_k
+
+    total = separable_sum(weight_lr)
+    out_log = separable_sum(weight_lr * log_lr) / np.maximum(total, 1e-12)
+    span = separable_extreme(log_lr, np.maximum, -np.inf) - separable_extreme(log_lr, np.minimum, np.inf)
     ey, ex = np.nonzero(span > p.jump_log)  # output pixels at depth edges
+
     def color_weights(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
         """(K, M) RGB similarity of output pixels (ys, xs) to the footprints of their K samples."""
         color = guide[ys, xs].astype(np.float32)
@@ -303,14 +318,14 @@ def snap_upsample(rgb: np.ndarray, depth_m: np.ndarray, out_hw: tuple[int, int],
                                                                - color) ** 2).sum(-1)) for a, b in taps])
 
     if len(ey):
-        out_log[ey, ex] = _snap(log_k[:, ey, ex], weight_k[:, ey, ex], color_weights(ey, ex), p)
+        out_log[ey, ex] = _snap(*samples_at(ey, ex), color_weights(ey, ex), p)
     own = cv2.resize(weight_lr, (W, H), interpolation=cv2.INTER_LINEAR) >= LIDAR_MIN_VALID_SHARE
     ok = own & (total > 0)
     if footprint is not None:  # refill pixels of the footprint whose colour matches one of their samples
         inside = cv2.resize(footprint.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
         ry, rx = np.nonzero(~own & (total > 0) & (inside >= LIDAR_MIN_VALID_SHARE))
         if len(ry):
-            match = (color_weights(ry, rx) * (weight_k[:, ry, rx] > 0)).max(0)
+            match = (color_weights(ry, rx) * (samples_at(ry, rx)[1] > 0)).max(0)
             keep = match >= p.min_refill_color_match
             ok[ry[keep], rx[keep]] = True
     return np.where(ok, np.exp(out_log), 0.0).astype(np.float32)
