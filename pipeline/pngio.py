@@ -26,6 +26,8 @@ from .errors import PromptmeshError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILTER_NONE, FILTER_SUB = 0, 1
 COMPRESSION_LEVEL = 1
+MAX_DEFLATE_RATIO = 1032
+"""Deflate's largest possible expansion (bytes out per byte in)."""
 """libdeflate level: 1 is the fastest; higher levels shrink depth maps a few per cent for 1.3-4x the time."""
 
 
@@ -77,8 +79,12 @@ def _decode_gray16(data: bytes) -> Optional[np.ndarray]:
     if shape is None or not idat:
         return None
     h, w = shape
+    compressed = b"".join(idat)
+    raw_size = h * (2 * w + 1)
+    if raw_size > MAX_DEFLATE_RATIO * len(compressed) + 1024:
+        return None  # no deflate stream inflates that far: a damaged header, not an allocation to attempt
     try:
-        raw = deflate.zlib_decompress(b"".join(idat), h * (2 * w + 1))  # checks the stream's Adler-32
+        raw = deflate.zlib_decompress(compressed, raw_size)  # checks the stream's Adler-32
     except deflate.DeflateError:
         return None
     rows = np.frombuffer(raw, np.uint8).reshape(h, 2 * w + 1)
@@ -99,7 +105,10 @@ def decode_depth_png(data: bytes) -> Optional[np.ndarray]:
     """PNG bytes -> the image as stored (uint16 (H, W) for depth maps), or None if it cannot be decoded."""
     image = _decode_gray16(data)
     if image is None:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts
+            return None
     return image
 
 

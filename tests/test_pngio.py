@@ -97,6 +97,10 @@ def test_damaged_files_give_one_line_errors(tmp_path):
     bad.write_bytes(bytes(flipped))
     with pytest.raises(PromptmeshError, match=r"bad\.png: not a decodable PNG"):
         read_depth_mm(bad, "rerun it")
+    huge = tmp_path / "huge.png"  # a header (valid CRC) claiming 60000 x 60000: refused, not allocated
+    huge.write_bytes(data[:8] + _chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 16, 0, 0, 0, 0)) + data[33:])
+    with pytest.raises(PromptmeshError, match=r"huge\.png: not a decodable PNG"):
+        read_depth_mm(huge, "rerun it")
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(PromptmeshError, match=r"text\.png: not a decodable PNG"):
         read_depth_mm(tmp_path / "text.png", "rerun it")
