@@ -7,7 +7,7 @@ reading ~11 ms instead of ~22 ms (`tools/bench_fuse.py`'s notes in docs/benchmar
 stage handles thousands of maps. Reading takes the fast path for any non-interlaced 16-bit greyscale PNG
 whose rows use the None or Sub filter (OpenCV writes those too) and hands everything else to OpenCV.
 
-Pure byte-level functions (`encode_depth_png`, `decode_depth_png`) are kept apart from the file helper
+Pure byte-level functions (`encode_depth_png`, `decode_png`, `decode_image`) are kept apart from the file helper
 `read_depth_mm`, which turns every failure into a one-line error naming the file and the fix.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def encode_depth_png(depth_mm: np.ndarray, level: int = COMPRESSION_LEVEL) -> by
 
 
 def _decode_gray16(data: bytes) -> Optional[np.ndarray]:
-    """The fast path of `decode_depth_png`; None where it does not apply or the data does not parse."""
+    """The fast path of `decode_png`; None where it does not apply or the data does not parse."""
     if not data.startswith(PNG_SIGNATURE):
         return None
     view = memoryview(data)
@@ -101,15 +101,21 @@ def _decode_gray16(data: bytes) -> Optional[np.ndarray]:
     return np.ascontiguousarray(samples).view(">u2").reshape(h, w).astype(np.uint16)
 
 
-def decode_depth_png(data: bytes) -> Optional[np.ndarray]:
-    """PNG bytes -> the image as stored (uint16 (H, W) for depth maps), or None if it cannot be decoded."""
+def decode_image(data: bytes, flags: int = cv2.IMREAD_UNCHANGED) -> Optional[np.ndarray]:
+    """Image bytes (PNG, JPEG, ...) -> OpenCV's decoding with `flags`, or None if it cannot be decoded.
+
+    OpenCV returns None for most damaged files but raises for some (a header claiming more pixels than it
+    accepts); both are None here."""
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error:
+        return None
+
+
+def decode_png(data: bytes) -> Optional[np.ndarray]:
+    """PNG bytes -> the image as stored ((H, W) uint16 for depth maps), or None if it cannot be decoded."""
     image = _decode_gray16(data)
-    if image is None:
-        try:
-            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        except cv2.error:  # e.g. a header claiming more pixels than OpenCV accepts
-            return None
-    return image
+    return image if image is not None else decode_image(data)
 
 
 def read_depth_mm(path: Path, fix: str) -> np.ndarray:
@@ -119,7 +125,7 @@ def read_depth_mm(path: Path, fix: str) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as e:
         raise PromptmeshError(f"{path}: depth map missing or unreadable ({e.strerror}); {fix}") from None
-    depth_mm = decode_depth_png(data)
+    depth_mm = decode_png(data)
     if depth_mm is None:
         raise PromptmeshError(f"{path}: not a decodable PNG (corrupt or truncated); {fix}")
     if depth_mm.ndim != 2 or depth_mm.dtype != np.uint16:

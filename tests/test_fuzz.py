@@ -12,9 +12,11 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -152,6 +154,17 @@ def test_corrupt_depth_and_confidence_pngs_are_skipped(capture, base, tmp_path):
     (cap / "confidence" / "000009.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(500))
     result = run(cap, tmp_path / "w", base)
     assert_skipped(result, tmp_path / "w", 2, "000004.png: unreadable or truncated PNG", "000009.png")
+
+
+def test_png_header_claiming_a_huge_image_is_skipped(capture, base, tmp_path):
+    cap = capture("stray")
+    png = cap / "depth" / "000006.png"
+    data = png.read_bytes()
+    header = struct.pack(">IIBBBBB", 60000, 60000, 16, 0, 0, 0, 0)  # 3.6 G pixels, with a valid CRC
+    ihdr = struct.pack(">I", 13) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    png.write_bytes(data[:8] + ihdr + data[33:])
+    result = run(cap, tmp_path / "w", base)  # OpenCV raises for it rather than returning None
+    assert_skipped(result, tmp_path / "w", 1, "000006.png: unreadable or truncated PNG")
 
 
 def test_depth_png_of_another_size_is_skipped(capture, base, tmp_path):

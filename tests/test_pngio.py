@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.artifacts import write_png_atomic
 from pipeline.errors import PromptmeshError
-from pipeline.pngio import _chunk, decode_depth_png, encode_depth_png, read_depth_mm
+from pipeline.pngio import _chunk, decode_png, encode_depth_png, read_depth_mm
 
 SHAPES = [(1, 1), (1, 7), (9, 1), (37, 53), (192, 256)]
 
@@ -24,7 +24,7 @@ def _depth(shape, seed=0):
 def test_round_trip_and_libpng_agrees(shape):
     d = _depth(shape)
     data = encode_depth_png(d)
-    np.testing.assert_array_equal(decode_depth_png(data), d)
+    np.testing.assert_array_equal(decode_png(data), d)
     by_libpng = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # checks CRCs, filters, zlib
     assert by_libpng.dtype == np.uint16
     np.testing.assert_array_equal(by_libpng.reshape(shape), d)
@@ -34,7 +34,7 @@ def test_round_trip_and_libpng_agrees(shape):
 def test_opencv_written_pngs_read_exactly(level):
     d = _depth((48, 64), seed=level)
     ok, buf = cv2.imencode(".png", d, [cv2.IMWRITE_PNG_COMPRESSION, level])
-    np.testing.assert_array_equal(decode_depth_png(buf.tobytes()), d)
+    np.testing.assert_array_equal(decode_png(buf.tobytes()), d)
 
 
 def _png_with_filter(d: np.ndarray, filter_type: int) -> bytes:
@@ -52,7 +52,7 @@ def _png_with_filter(d: np.ndarray, filter_type: int) -> bytes:
 @pytest.mark.parametrize("filter_type", [0, 2])
 def test_other_row_filters(filter_type):
     d = _depth((20, 30), seed=3)
-    np.testing.assert_array_equal(decode_depth_png(_png_with_filter(d, filter_type)), d)
+    np.testing.assert_array_equal(decode_png(_png_with_filter(d, filter_type)), d)
 
 
 def test_mixed_none_and_sub_rows():
@@ -67,7 +67,7 @@ def test_mixed_none_and_sub_rows():
     rows[[1, 4], 1:] = samples[[1, 4]]
     data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
             + _chunk(b"IDAT", zlib.compress(rows.tobytes())) + _chunk(b"IEND", b""))
-    np.testing.assert_array_equal(decode_depth_png(data), d)
+    np.testing.assert_array_equal(decode_png(data), d)
     np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), d)
 
 

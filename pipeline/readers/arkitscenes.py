@@ -42,6 +42,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
 from ..geometry import intrinsics_matrix
+from ..pngio import decode_image
 from .common import png_size, read_bytes, read_depth_png_m, read_uint8_png
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class ARKitScenesReader:
 
 def _png_rgb_loader(path: Path) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        bgr = cv2.imdecode(np.frombuffer(read_bytes(path, "RGB PNG"), np.uint8), cv2.IMREAD_COLOR)
+        bgr = decode_image(read_bytes(path, "RGB PNG"), cv2.IMREAD_COLOR)
         if bgr is None:
             raise PromptmeshError(f"{path}: unreadable RGB PNG; re-download the frame or delete it")
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
