@@ -23,7 +23,7 @@ from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_wri
 from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
-from .pngio import read_depth_mm
+from .pngio import read_depth_mm, read_image
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 
     fig, axes = plt.subplots(len(picks), ncols, figsize=(2.6 * ncols, 2.1 * len(picks)), squeeze=False)
     for row, i in enumerate(picks):
         stem = table.stem(i)
-        rgb = cv2.cvtColor(cv2.imread(str(table.root / table.rgb_path[i])), cv2.COLOR_BGR2RGB)
+        rgb = cv2.cvtColor(read_image(table.root / table.rgb_path[i], cv2.IMREAD_COLOR, "RGB frame",
+                                      "rerun `promptmesh ingest --force`"), cv2.COLOR_BGR2RGB)
         panels = [("RGB", rgb, None)]
         gt = _read_mm(gt_dir / f"{stem}.png") if has_gt else None
         if gt is not None:

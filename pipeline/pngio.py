@@ -118,6 +118,19 @@ def decode_png(data: bytes) -> Optional[np.ndarray]:
     return image if image is not None else decode_image(data)
 
 
+def read_image(path: Path, flags: int, what: str, fix: str) -> np.ndarray:
+    """`path` decoded by OpenCV with `flags`; PromptmeshError naming the file, `what` it should be and `fix`
+    (what to do) if it is missing or undecodable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise PromptmeshError(f"{path}: {what} missing or unreadable ({e.strerror}); {fix}") from None
+    image = decode_image(data, flags)
+    if image is None:
+        raise PromptmeshError(f"{path}: {what} not decodable (corrupt or truncated); {fix}")
+    return image
+
+
 def read_depth_mm(path: Path, fix: str) -> np.ndarray:
     """(H, W) uint16 millimetres from a depth PNG; PromptmeshError naming `path` and `fix` (what to do) if the
     file is missing, unreadable or not a single-channel 16-bit image."""

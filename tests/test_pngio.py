@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.artifacts import write_png_atomic
 from pipeline.errors import PromptmeshError
-from pipeline.pngio import _chunk, decode_png, encode_depth_png, read_depth_mm
+from pipeline.pngio import _chunk, decode_png, encode_depth_png, read_depth_mm, read_image
 
 SHAPES = [(1, 1), (1, 7), (9, 1), (37, 53), (192, 256)]
 
@@ -110,3 +110,14 @@ def test_encoder_rejects_what_is_not_a_depth_map():
     for bad in (np.zeros((4, 4), np.uint8), np.zeros((4, 4, 3), np.uint16), np.zeros((0, 4), np.uint16)):
         with pytest.raises(ValueError):
             encode_depth_png(bad)
+
+
+def test_read_image_errors_name_the_file_what_and_the_fix(tmp_path):
+    ok, buf = cv2.imencode(".jpg", np.full((8, 8, 3), 90, np.uint8))
+    (tmp_path / "f.jpg").write_bytes(buf.tobytes())
+    assert read_image(tmp_path / "f.jpg", cv2.IMREAD_COLOR, "RGB frame", "fix").shape == (8, 8, 3)
+    with pytest.raises(PromptmeshError, match=r"gone\.jpg: RGB frame missing or unreadable .*; rerun ingest"):
+        read_image(tmp_path / "gone.jpg", cv2.IMREAD_COLOR, "RGB frame", "rerun ingest")
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(PromptmeshError, match=r"bad\.jpg: RGB frame not decodable .*; rerun ingest"):
+        read_image(tmp_path / "bad.jpg", cv2.IMREAD_COLOR, "RGB frame", "rerun ingest")

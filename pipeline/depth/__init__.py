@@ -44,7 +44,7 @@ from ..config import DEPTH_MODELS, DepthConfig
 from ..errors import PromptmeshError
 from ..geometry import output_size
 from ..ingest import depth_m_to_mm
-from ..pngio import read_depth_mm
+from ..pngio import read_depth_mm, read_image
 from ..streams import prefetch
 from .classical import GuidedUpsampler, LidarResize, coverage
 
@@ -181,9 +181,7 @@ def _load_frame(table: CaptureTable, i: int, with_rgb: bool) -> _Frame:
     rgb = None
     if with_rgb:
         rgb_path = table.root / table.rgb_path[i]
-        bgr = cv2.imread(str(rgb_path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise PromptmeshError(f"{rgb_path}: unreadable image; rerun `promptmesh ingest --force`")
+        bgr = read_image(rgb_path, cv2.IMREAD_COLOR, "RGB frame", "rerun `promptmesh ingest --force`")
         W, H = int(table.width[i]), int(table.height[i])
         if bgr.shape[:2] != (H, W):
             raise PromptmeshError(f"{rgb_path}: image is {bgr.shape[1]}x{bgr.shape[0]}, frames.parquet says {W}x{H}; "
@@ -194,10 +192,10 @@ def _load_frame(table: CaptureTable, i: int, with_rgb: bool) -> _Frame:
     confidence = None
     if table.confidence_path[i]:
         conf_path = table.root / table.confidence_path[i]
-        confidence = cv2.imread(str(conf_path), cv2.IMREAD_UNCHANGED)
-        if confidence is None or confidence.shape != depth_m.shape:
-            raise PromptmeshError(f"{conf_path}: unreadable or not the LiDAR size {depth_m.shape[::-1]}; "
-                                  "rerun `promptmesh ingest --force`")
+        confidence = read_image(conf_path, cv2.IMREAD_UNCHANGED, "confidence map", "rerun `promptmesh ingest --force`")
+        if confidence.shape != depth_m.shape:
+            raise PromptmeshError(f"{conf_path}: confidence map is {confidence.shape[::-1]}, not the LiDAR size "
+                                  f"{depth_m.shape[::-1]}; rerun `promptmesh ingest --force`")
     return _Frame(table.stem(i), rgb, depth_m, confidence)
 
 
