@@ -88,11 +88,11 @@ class atomic_output:
 def write_png_atomic(path: Path, image: np.ndarray) -> Path:
     """Encode `image` (uint8 or uint16, (H,W) or (H,W,3) BGR) as PNG and write it atomically.
 
-    (H,W) uint16 images (depth maps, millimetres) go through `pngio.encode_depth_png` (libdeflate: faster,
+    (H,W) uint16 images (depth maps, millimetres) go through `images.encode_depth_png` (libdeflate: faster,
     smaller); the rest through OpenCV."""
     import cv2
 
-    from .pngio import encode_depth_png
+    from .images import encode_depth_png
 
     if image.ndim == 2 and image.dtype == np.uint16:
         return atomic_write_bytes(path, encode_depth_png(image))

@@ -23,7 +23,7 @@ from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_wri
 from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
-from .pngio import read_depth_mm, read_image
+from .images import read_depth_mm, read_image
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from .errors import PromptmeshError
 from .fuse import DEPTH_SCALE, fuse_dir
 from .geometry import output_size, scale_intrinsics
 from .mesh import mesh_dir
-from .pngio import read_depth_mm
+from .images import read_depth_mm
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       voxel_downsample)
 

@@ -54,7 +54,7 @@ from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
-from .pngio import read_depth_mm, read_image
+from .images import read_depth_mm, read_image
 from .streams import prefetch
 
 log = logging.getLogger(__name__)

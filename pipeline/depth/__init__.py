@@ -44,7 +44,7 @@ from ..config import DEPTH_MODELS, DepthConfig
 from ..errors import PromptmeshError
 from ..geometry import output_size
 from ..ingest import depth_m_to_mm
-from ..pngio import read_depth_mm, read_image
+from ..images import read_depth_mm, read_image
 from ..streams import prefetch
 from .classical import GuidedUpsampler, LidarResize, coverage
 

@@ -42,7 +42,7 @@ from scipy.spatial.transform import Rotation, Slerp
 from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
 from ..geometry import intrinsics_matrix
-from ..pngio import decode_image
+from ..images import decode_image
 from .common import png_size, read_bytes, read_depth_png_m, read_uint8_png
 
 log = logging.getLogger(__name__)

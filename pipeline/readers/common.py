@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import PromptmeshError
 from ..geometry import pose_from_quaternion_translation
-from .. import pngio
+from .. import images
 
 JPEG_EOI = b"\xff\xd9"
 
@@ -48,7 +48,7 @@ def load_json(path: Path, what: str = "metadata") -> Any:
 def decode_png(data: bytes, name: str, dtype: type) -> np.ndarray:
     """PNG bytes -> (h, w) array of `dtype` (uint16 depth or uint8 confidence), as stored."""
     # A PNG ends with its IEND chunk; checking first keeps OpenCV from logging its own warning for a cut file.
-    img = pngio.decode_png(data) if b"IEND" in data[-12:] else None
+    img = images.decode_png(data) if b"IEND" in data[-12:] else None
     if img is None:
         raise PromptmeshError(f"{name}: unreadable or truncated PNG; re-export the capture or delete this frame")
     if img.ndim != 2 or img.dtype != dtype:
@@ -77,7 +77,7 @@ def decode_jpeg(data: bytes, name: str, flags: int = cv2.IMREAD_COLOR) -> np.nda
     if JPEG_EOI not in data[-64:]:
         raise PromptmeshError(f"{name}: truncated JPEG (no end-of-image marker); re-export the capture or delete "
                               "this frame")
-    img = pngio.decode_image(data, flags)
+    img = images.decode_image(data, flags)
     if img is None:
         raise PromptmeshError(f"{name}: unreadable JPEG; re-export the capture or delete this frame")
     return img

@@ -1,14 +1,15 @@
-"""Depth maps as 16-bit greyscale PNG files (uint16 millimetres, 0 = invalid), encoded and decoded with libdeflate.
+"""Image files: depth maps as 16-bit PNG (uint16 millimetres, 0 = invalid) with libdeflate, and OpenCV decoding
+that reports failure as None or a one-line error, never a traceback.
 
-The files are ordinary PNGs (one IHDR, one IDAT, IEND; every row filtered with Sub), so any PNG reader opens
+Depth maps are ordinary PNGs (one IHDR, one IDAT, IEND; every row filtered with Sub), so any PNG reader opens
 them. libdeflate compresses and inflates about twice as fast as the zlib that OpenCV's libpng uses, and at
 level 1 the files come out ~25 % smaller: for a 1920x1440 map, writing takes ~17 ms instead of ~50 ms and
-reading ~11 ms instead of ~22 ms (`tools/bench_fuse.py`'s notes in docs/benchmarks.md), which matters when a
-stage handles thousands of maps. Reading takes the fast path for any non-interlaced 16-bit greyscale PNG
-whose rows use the None or Sub filter (OpenCV writes those too) and hands everything else to OpenCV.
+reading ~11 ms instead of ~22 ms (docs/benchmarks.md, Fusion), which matters when a stage handles thousands
+of maps. `decode_png` takes the fast path for any non-interlaced 16-bit greyscale PNG whose rows use the None
+or Sub filter (OpenCV writes those too) and hands everything else to OpenCV (`decode_image`).
 
-Pure byte-level functions (`encode_depth_png`, `decode_png`, `decode_image`) are kept apart from the file helper
-`read_depth_mm`, which turns every failure into a one-line error naming the file and the fix.
+Byte-level functions (`encode_depth_png`, `decode_png`, `decode_image`) are kept apart from the file helpers
+(`read_depth_mm`, `read_image`), which turn every failure into a one-line error naming the file and the fix.
 """
 from __future__ import annotations
 

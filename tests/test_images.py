@@ -1,4 +1,4 @@
-"""pngio: depth PNGs written with libdeflate are standard PNGs, read back exactly; other PNGs still read."""
+"""images: depth PNGs written with libdeflate are standard PNGs, read back exactly; other PNGs still read."""
 import struct
 import zlib
 
@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.artifacts import write_png_atomic
 from pipeline.errors import PromptmeshError
-from pipeline.pngio import _chunk, decode_png, encode_depth_png, read_depth_mm, read_image
+from pipeline.images import _chunk, decode_png, encode_depth_png, read_depth_mm, read_image
 
 SHAPES = [(1, 1), (1, 7), (9, 1), (37, 53), (192, 256)]
 
