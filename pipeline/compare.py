@@ -23,7 +23,7 @@ from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_wri
 from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
-from .images import read_depth_mm, read_image
+from .images import REDO, read_depth_m, read_image
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _read_mm(path: Path) -> np.ndarray:
-    return read_depth_mm(path, "rerun the stage that writes it with --force").astype(np.float32) / 1000.0
-
-
 def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 3) -> Path:
     """Rows = a few frames; columns = RGB, GT depth (if any), each model's depth and |error| maps."""
     import matplotlib.pyplot as plt
@@ -144,12 +140,12 @@ def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 
         rgb = cv2.cvtColor(read_image(table.root / table.rgb_path[i], cv2.IMREAD_COLOR, "RGB frame",
                                       "rerun `promptmesh ingest --force`"), cv2.COLOR_BGR2RGB)
         panels = [("RGB", rgb, None)]
-        gt = _read_mm(gt_dir / f"{stem}.png") if has_gt else None
+        gt = read_depth_m(gt_dir / f"{stem}.png", REDO) if has_gt else None
         if gt is not None:
             panels.append(("GT depth", gt, "depth"))
         vmax = float(np.percentile(gt[gt > 0], 99)) if gt is not None and (gt > 0).any() else None
         for m in models:
-            pred = _read_mm(workdir / "depth" / m / f"{stem}.png")
+            pred = read_depth_m(workdir / "depth" / m / f"{stem}.png", REDO)
             if vmax is None and (pred > 0).any():
                 vmax = float(np.percentile(pred[pred > 0], 99))
             panels.append((m, pred, "depth"))

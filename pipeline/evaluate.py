@@ -42,10 +42,10 @@ from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, i
 from .capture import CaptureTable
 from .config import EvalConfig
 from .errors import PromptmeshError
-from .fuse import DEPTH_SCALE, fuse_dir
+from .fuse import fuse_dir
 from .geometry import output_size, scale_intrinsics
 from .mesh import mesh_dir
-from .images import read_depth_mm
+from .images import REDO, read_depth_m
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       voxel_downsample)
 
@@ -172,10 +172,6 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
 
 
 # --------------------------------------------------------------------------- depth maps
-def _read_depth_m(path: Path) -> np.ndarray:
-    return read_depth_mm(path, "rerun the stage that writes it with --force").astype(np.float64) / DEPTH_SCALE
-
-
 def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Optional[DepthErrorSums]:
     """Pooled depth errors of depth/<depth_model>/ against capture/gt_depth/, or None without GT depth."""
     gt_dir = Path(workdir) / "capture" / "gt_depth"
@@ -187,8 +183,8 @@ def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Option
         gt_file = gt_dir / f"{table.stem(i)}.png"
         if not gt_file.exists():
             continue
-        gt_m = _read_depth_m(gt_file)
-        pred_m = _read_depth_m(Path(workdir) / "depth" / depth_model / f"{table.stem(i)}.png")
+        gt_m = read_depth_m(gt_file, REDO, np.float64)
+        pred_m = read_depth_m(Path(workdir) / "depth" / depth_model / f"{table.stem(i)}.png", REDO, np.float64)
         pred_at_gt = cv2.resize(pred_m, gt_m.shape[::-1], interpolation=cv2.INTER_NEAREST)
         sums.add(pred_at_gt, gt_m)
         n_frames += 1

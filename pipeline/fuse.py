@@ -54,7 +54,7 @@ from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
-from .images import read_depth_mm, read_image
+from .images import REDO, read_depth_mm, read_image
 from .streams import prefetch
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class PreparedFrame:
 
 
 def _imread(path: Path, flags: int, what: str) -> np.ndarray:
-    return read_image(path, flags, what, "rerun the stage that writes it with --force")
+    return read_image(path, flags, what, REDO)
 
 
 def _read_colour(path: Path, depth_wh: tuple[int, int], full_wh: tuple[int, int]) -> np.ndarray:

@@ -27,9 +27,13 @@ from .errors import PromptmeshError
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FILTER_NONE, FILTER_SUB = 0, 1
 COMPRESSION_LEVEL = 1
+"""libdeflate level: 1 is the fastest; higher levels shrink depth maps a few per cent for 1.3-4x the time."""
 MAX_DEFLATE_RATIO = 1032
 """Deflate's largest possible expansion (bytes out per byte in)."""
-"""libdeflate level: 1 is the fastest; higher levels shrink depth maps a few per cent for 1.3-4x the time."""
+MM_PER_M = 1000.0
+"""Depth PNG units (millimetres) per metre."""
+REDO = "rerun the stage that writes it with --force"
+"""The `fix` for a damaged work-directory file whose stage is not known to the reader."""
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -119,14 +123,17 @@ def decode_png(data: bytes) -> Optional[np.ndarray]:
     return image if image is not None else decode_image(data)
 
 
+def _file_bytes(path: Path, what: str, fix: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise PromptmeshError(f"{path}: {what} missing or unreadable ({e.strerror}); {fix}") from None
+
+
 def read_image(path: Path, flags: int, what: str, fix: str) -> np.ndarray:
     """`path` decoded by OpenCV with `flags`; PromptmeshError naming the file, `what` it should be and `fix`
     (what to do) if it is missing or undecodable."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise PromptmeshError(f"{path}: {what} missing or unreadable ({e.strerror}); {fix}") from None
-    image = decode_image(data, flags)
+    image = decode_image(_file_bytes(path, what, fix), flags)
     if image is None:
         raise PromptmeshError(f"{path}: {what} not decodable (corrupt or truncated); {fix}")
     return image
@@ -135,14 +142,15 @@ def read_image(path: Path, flags: int, what: str, fix: str) -> np.ndarray:
 def read_depth_mm(path: Path, fix: str) -> np.ndarray:
     """(H, W) uint16 millimetres from a depth PNG; PromptmeshError naming `path` and `fix` (what to do) if the
     file is missing, unreadable or not a single-channel 16-bit image."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise PromptmeshError(f"{path}: depth map missing or unreadable ({e.strerror}); {fix}") from None
-    depth_mm = decode_png(data)
+    depth_mm = decode_png(_file_bytes(path, "depth map", fix))
     if depth_mm is None:
         raise PromptmeshError(f"{path}: not a decodable PNG (corrupt or truncated); {fix}")
     if depth_mm.ndim != 2 or depth_mm.dtype != np.uint16:
         raise PromptmeshError(f"{path}: {depth_mm.dtype} {depth_mm.shape}, expected a single-channel uint16 PNG "
                               f"(millimetres); {fix}")
     return depth_mm
+
+
+def read_depth_m(path: Path, fix: str, dtype: type = np.float32) -> np.ndarray:
+    """`read_depth_mm` in metres (0 = invalid), as `dtype`."""
+    return read_depth_mm(path, fix).astype(dtype) / MM_PER_M

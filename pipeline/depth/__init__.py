@@ -44,7 +44,7 @@ from ..config import DEPTH_MODELS, DepthConfig
 from ..errors import PromptmeshError
 from ..geometry import output_size
 from ..ingest import depth_m_to_mm
-from ..images import read_depth_mm, read_image
+from ..images import read_depth_m, read_image
 from ..streams import prefetch
 from .classical import GuidedUpsampler, LidarResize, coverage
 
@@ -163,11 +163,6 @@ def cached_weights_sha256(path: Path, cache_file: Path) -> str:
     return cache[key]
 
 
-def read_depth_m(path: Path) -> np.ndarray:
-    """uint16 millimetre PNG (0 = invalid) -> (h, w) float32 metres; PromptmeshError if unreadable."""
-    return read_depth_mm(path, "rerun `promptmesh ingest --force`").astype(np.float32) / 1000.0
-
-
 @dataclass
 class _Frame:
     stem: str
@@ -188,7 +183,7 @@ def _load_frame(table: CaptureTable, i: int, with_rgb: bool) -> _Frame:
                                   "rerun `promptmesh ingest --force`")
         rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
     lidar_path = table.root / table.lidar_path[i]
-    depth_m = read_depth_m(lidar_path)
+    depth_m = read_depth_m(lidar_path, "rerun `promptmesh ingest --force`")
     confidence = None
     if table.confidence_path[i]:
         conf_path = table.root / table.confidence_path[i]

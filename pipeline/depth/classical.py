@@ -368,6 +368,7 @@ class _FrameByFrame:
     """Batching for models that work one frame at a time."""
 
     batch_size = 1
+    frames_in_parallel = True  # numpy/OpenCV on one frame: thread-safe, one core each
 
     def predict(self, rgb: np.ndarray, lidar_depth_m: np.ndarray, confidence: Optional[np.ndarray],
                 out_hw: tuple[int, int]) -> np.ndarray:
@@ -383,7 +384,6 @@ class LidarResize(_FrameByFrame):
 
     name = "lidar"
     uses_rgb = False
-    frames_in_parallel = True
     settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE,
                 "fuse_confidence_mask": True}  # passes the LiDAR through: fusion drops its low-confidence pixels
 
@@ -396,7 +396,6 @@ class GuidedUpsampler(_FrameByFrame):
 
     name = "guided"
     uses_rgb = True
-    frames_in_parallel = True
 
     def __init__(self, params: GuidedParams = GuidedParams()):
         self.params = params
