@@ -12,7 +12,8 @@ laid out like Table 2 of the PromptDA paper, then per-scene tables) and OUT/benc
 
 Protocols (docs/benchmark_protocols.md):
 - "default": ours (CONTRACTS §3): surface samples, culled and unculled; the table shows the culled numbers.
-- "promptda-table2": PromptDA (CVPR 2025, arXiv 2412.14015v2) Table 2: depth at 1008x756, TSDF voxel 2 cm,
+- "promptda-table2": PromptDA (CVPR 2025, arXiv 2412.14015v2) Table 2: every frame (no keyframe selection),
+  depth at 1008x756, TSDF voxel 2 cm,
   truncation 0.15 m, depth cut at 5 m and no minimum; mesh *vertices*, GT uncropped and unculled, prediction
   cropped to the GT bounding box +- 0.1 m, both voxel-downsampled at 2 cm, threshold 5 cm, averaged per scene;
   optionally only the 50 largest connected pieces of the prediction. Our default metrics are computed too.
@@ -67,6 +68,7 @@ def apply_protocol(cfg: PipelineConfig, protocol: str, voxel_size_m: Optional[fl
     r = dataclasses.replace
     voxel_m = voxel_size_m or 0.02
     cfg = r(cfg,
+            ingest=r(cfg.ingest, all_frames=True),  # the paper fuses every frame
             depth=r(cfg.depth, long_side_px=1008),  # 1920x1440 -> 1008x756; lidar = bilinear to the same size
             fuse=r(cfg.fuse, voxel_size_m=voxel_m, sdf_trunc_voxels=0.15 / voxel_m, depth_min_m=0.0,
                    depth_max_m=5.0, min_confidence=0),
@@ -423,9 +425,10 @@ def markdown(results: dict[str, dict], mean: dict[str, dict], failed: dict[str, 
             if protocol == "promptda-table2" else "surface samples, GT culled to what the cameras saw")
     lines = [f"# Benchmark: {dataset}, protocol {protocol}", "",
              f"{len(results)} scenes. Depth long side {cfg.depth.long_side_px} px; TSDF voxel "
-             f"{cfg.fuse.voxel_size_m * 100:g} cm, truncation "
-             f"{cfg.fuse.voxel_size_m * cfg.fuse.sdf_trunc_voxels:.3g} m, "
-             f"depth {cfg.fuse.depth_min_m:g}-{cfg.fuse.depth_max_m:g} m. Mesh metrics: {mesh}; both downsampled at "
+             + (f"{cfg.fuse.voxel_size_m * 100:g} cm, truncation "
+                f"{cfg.fuse.voxel_size_m * cfg.fuse.sdf_trunc_voxels:.3g} m, " if cfg.fuse.voxel_size_m > 0 else
+                f"automatic per scene, truncation {cfg.fuse.sdf_trunc_voxels:g} voxels, ")
+             + f"depth {cfg.fuse.depth_min_m:g}-{cfg.fuse.depth_max_m:g} m. Mesh metrics: {mesh}; both downsampled at "
              f"{cfg.eval.downsample_m * 100:g} cm, threshold {cfg.eval.threshold_m * 100:g} cm. Means are over "
              "scenes (each scene weighs the same).", "",
              "## Mean over scenes", "", "| model | scenes " + head, "|---|---" + rule]

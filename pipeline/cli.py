@@ -70,6 +70,9 @@ def opt_frames(f):
                      help="Keep at most N frames; 0 = all. [default: 0]")(f)
     f = click.option("--no-blur-select", is_flag=True, default=False,
                      help="Keep the first frame of each window and no blur rejection.")(f)
+    f = click.option("--all-frames", is_flag=True, default=False,
+                     help="Keep every frame instead of keyframes (frames that see enough the kept ones don't; "
+                          "thresholds in [ingest] keyframe_*).")(f)
     return f
 
 
@@ -90,8 +93,9 @@ def opt_depth(f):
 
 
 def opt_voxel(f):
-    return click.option("--voxel-size", "voxel_size_m", type=click.FloatRange(min=0.001, max=0.5),
-                        help="TSDF voxel edge in metres. [default: 0.01]")(f)
+    return click.option("--voxel-size", "voxel_size_m", type=click.FloatRange(min=0.0, max=0.5),
+                        help="TSDF voxel edge in metres; 0 = automatic from the depth the kept frames look at "
+                             "(0.3 %% of the median depth, at least 4 mm: ~1 cm for a room). [default: 0]")(f)
 
 
 def opt_format(f):
@@ -106,11 +110,11 @@ def opt_force(f):
 
 
 def _build_config(config_path: Optional[Path], stride=None, max_frames=None, no_blur_select=False,
-                  depth_model=None, weights=None, device=None, long_side_px=None, voxel_size_m=None,
-                  formats=()) -> PipelineConfig:
+                  all_frames=False, depth_model=None, weights=None, device=None, long_side_px=None,
+                  voxel_size_m=None, formats=()) -> PipelineConfig:
     cfg = load_config(config_path)
     cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames,
-                   blur_select=False if no_blur_select else None)
+                   blur_select=False if no_blur_select else None, all_frames=True if all_frames else None)
     cfg = override(cfg, "depth", model=depth_model, weights=weights, device=device, long_side_px=long_side_px)
     cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device)
     cfg = override(cfg, "mesh", formats=tuple(formats) or None)
@@ -143,7 +147,7 @@ def cli(verbose: int, quiet: bool) -> None:
 @opt_force
 @_guard
 def run(capture, workdir, config_path, depth_model, weights, device, long_side_px, gt_mesh, stride, max_frames,
-        no_blur_select, voxel_size_m, formats, force):
+        no_blur_select, all_frames, voxel_size_m, formats, force):
     """All stages on CAPTURE: ingest, depth, fuse, mesh (and eval with --gt-mesh).
 
     \b
@@ -153,7 +157,7 @@ def run(capture, workdir, config_path, depth_model, weights, device, long_side_p
     """
     from . import runner
 
-    cfg = _build_config(config_path, stride, max_frames, no_blur_select, depth_model, weights, device,
+    cfg = _build_config(config_path, stride, max_frames, no_blur_select, all_frames, depth_model, weights, device,
                         long_side_px, voxel_size_m, formats)
     result = runner.run(cfg, capture, workdir, gt_mesh=gt_mesh, force=force)
     click.echo(result.report())
@@ -169,12 +173,12 @@ run.help += "\n\n" + CAPTURE_HELP
 @opt_frames
 @opt_force
 @_guard
-def ingest(capture, workdir, config_path, stride, max_frames, no_blur_select, force):
+def ingest(capture, workdir, config_path, stride, max_frames, no_blur_select, all_frames, force):
     """Read CAPTURE into WORKDIR/capture/ (frames.parquet, rgb/, lidar/, confidence/)."""
     from . import ingest as stage
     from .artifacts import Manifest, WorkdirLock
 
-    cfg = _build_config(config_path, stride, max_frames, no_blur_select)
+    cfg = _build_config(config_path, stride, max_frames, no_blur_select, all_frames)
     with WorkdirLock(workdir):
         path = stage.run(cfg.ingest, capture, workdir, force=force)
     click.echo(f"capture: {path}")
@@ -276,14 +280,15 @@ def evaluate(workdir, gt_mesh, config_path, force):
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[default: auto]")
 @opt_force
 @_guard
-def compare(capture, workdir, gt_mesh, depth_models, config_path, stride, max_frames, no_blur_select, voxel_size_m,
-            device, force):
+def compare(capture, workdir, gt_mesh, depth_models, config_path, stride, max_frames, no_blur_select, all_frames,
+            voxel_size_m, device, force):
     """Run several depth models through depth -> fuse -> mesh -> eval on one capture and write
     compare.json, compare.md and figures (depth/error maps, F-score vs threshold, top-down error views)."""
     from . import compare as stage
 
     models = _depth_model_list(depth_models)
-    cfg = _build_config(config_path, stride, max_frames, no_blur_select, device=device, voxel_size_m=voxel_size_m)
+    cfg = _build_config(config_path, stride, max_frames, no_blur_select, all_frames, device=device,
+                        voxel_size_m=voxel_size_m)
     path = stage.run(cfg, capture, workdir, gt_mesh=gt_mesh, models=models, force=force)
     click.echo(f"compare: {path}")
 
@@ -340,8 +345,8 @@ info.help += "\n\n" + CAPTURE_HELP
 @opt_force
 @_guard
 def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_source, keep_largest_clusters, jobs,
-              ray_address, gpus_per_scene, config_path, stride, max_frames, no_blur_select, voxel_size_m, long_side_px,
-              device, force):
+              ray_address, gpus_per_scene, config_path, stride, max_frames, no_blur_select, all_frames, voxel_size_m,
+              long_side_px, device, force):
     """Run depth models over many scenes of ROOT (ScanNet++ or ARKitScenes), each through the cached stages in
     WORKDIR/scenes/<scene>/, and write per-scene and mean tables: WORKDIR/benchmark.{json,md,png}.
 
@@ -356,7 +361,8 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
 
     models = _depth_model_list(depth_models)
     cfg = bench.apply_protocol(load_config(config_path), protocol, voxel_size_m)
-    cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames, blur_select=False if no_blur_select else None)
+    cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames, blur_select=False if no_blur_select else None,
+                   all_frames=True if all_frames else None)
     cfg = override(cfg, "depth", device=device, long_side_px=long_side_px)
     cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device)
     path = bench.run(cfg, root, workdir, dataset=dataset, scenes=[s.strip() for s in scenes.split(",") if s.strip()],

@@ -86,10 +86,14 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Path, models
     return md
 
 
+def _voxel_text(voxel_size_m: float) -> str:
+    return f"{voxel_size_m * 100:g} cm" if voxel_size_m > 0 else "automatic (from the median LiDAR depth)"
+
+
 def _markdown(results: dict, skipped: dict, figures: list[Path], workdir: Path, cfg: PipelineConfig) -> str:
     cols = [c for c in TABLE_COLUMNS if any(c[1] in r for r in results.values())]
     lines = ["# Depth model comparison", "",
-             f"TSDF voxel {cfg.fuse.voxel_size_m * 100:g} cm, depth long side {cfg.depth.long_side_px} px; mesh "
+             f"TSDF voxel {_voxel_text(cfg.fuse.voxel_size_m)}, depth long side {cfg.depth.long_side_px} px; mesh "
              f"metrics at {cfg.eval.threshold_m * 100:g} cm, both meshes downsampled at "
              f"{cfg.eval.downsample_m * 100:g} cm; Acc/Comp/Prec/Recall/F on culled GT (seen by a camera).", "",
              "| model | " + " | ".join(c[0] for c in cols) + " |",

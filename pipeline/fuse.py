@@ -217,6 +217,49 @@ def integrate_frame(grid, frame: PreparedFrame, world_to_camera: np.ndarray, cfg
     return True
 
 
+# --------------------------------------------------------------------------- automatic voxel size
+AUTO_VOXEL_FRAMES = 200
+"""At most this many frames (evenly spread) are read for the scene depth of the automatic voxel size."""
+
+
+def scene_depth_m(table: CaptureTable) -> float:
+    """The depth the capture looks at: the median over frames (at most AUTO_VOXEL_FRAMES) of each LiDAR map's
+    median valid depth, metres; NaN when no map has any (unreadable maps are left out: fusion reports them)."""
+    medians = []
+    for i in np.unique(np.linspace(0, len(table) - 1, min(len(table), AUTO_VOXEL_FRAMES)).round().astype(int)):
+        try:
+            depth_mm = read_depth_mm(table.root / table.lidar_path[i], "left out of the automatic voxel size")
+        except PromptmeshError:
+            continue
+        valid = depth_mm[::2, ::2][depth_mm[::2, ::2] > 0]
+        if valid.size:
+            medians.append(float(np.median(valid)) / DEPTH_SCALE)
+    return float(np.median(medians)) if medians else math.nan
+
+
+def auto_voxel_size_m(depth_m: float, cfg: FuseConfig) -> float:
+    """cfg.auto_voxel_depth_ratio x depth_m, at least cfg.auto_voxel_min_m, rounded to 0.5 mm; 1 cm for an
+    unknown depth (NaN)."""
+    if not depth_m > 0:
+        return 0.01
+    return max(cfg.auto_voxel_min_m, round(cfg.auto_voxel_depth_ratio * depth_m * 2000) / 2000)
+
+
+def resolve_voxel_size(cfg: FuseConfig, table: CaptureTable) -> tuple[FuseConfig, Optional[float]]:
+    """(cfg with the voxel size chosen when it is automatic (0), the scene depth it was chosen from in metres,
+    or None when the voxel size was given)."""
+    if cfg.voxel_size_m > 0:
+        return cfg, None
+    depth_m = scene_depth_m(table)
+    return dataclasses.replace(cfg, voxel_size_m=auto_voxel_size_m(depth_m, cfg)), depth_m
+
+
+def voxel_line(voxel_size_m: float, auto_depth_m: Optional[float]) -> str:
+    """'10 mm' or '4.5 mm (automatic, for a median depth of 1.12 m)'."""
+    return f"{round(voxel_size_m * 1000, 1):g} mm" + ("" if auto_depth_m is None else
+                                           f" (automatic, for a median depth of {auto_depth_m:.2f} m)")
+
+
 # --------------------------------------------------------------------------- pre-sizing
 def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: int = 64,
                          margin: float = 1.5) -> int:
@@ -290,9 +333,10 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     table = CaptureTable.load(workdir / "capture")
     device = select_device(cfg.device)
     t0 = time.perf_counter()
+    cfg, auto_depth_m = resolve_voxel_size(cfg, table)
     block_count = block_count or estimate_block_count(table, cfg)
-    log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
-             "%d, %d blocks pre-sized", len(table), depth_model, device, cfg.voxel_size_m * 100,
+    log.info("fuse: %d frames of depth/%s on %s; voxel %s, trunc %.2f cm, depth %.2f-%.1f m, min confidence "
+             "%d, %d blocks pre-sized", len(table), depth_model, device, voxel_line(cfg.voxel_size_m, auto_depth_m),
              cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
              block_count)
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for a new file
@@ -322,6 +366,7 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=[TSDF_NAME], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
+                      "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": auto_depth_m,
                       "blocks_presized": block_count,
                       "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
                       "seconds_presize": round(t_integrate - t0, 3),

@@ -8,14 +8,19 @@ Resuming: each frame's PNGs are written before its RGB JPEG (all atomically), so
 is complete. After an interruption, a rerun with the same fingerprint (`artifacts.start_or_resume`) decodes
 and selects the frames again (selection needs them) but does not write again the frames already there.
 
-Frame selection: one frame per window of `stride` frames; with `blur_select` the sharpest (variance of
-the Laplacian) instead of the first, and a kept frame far blurrier than the running median is dropped.
-A frame whose data is unreadable or whose pose is not a finite rigid transform is skipped with a
-warning naming its file, and counted in the summary.
+Frame selection (`_select`): one frame per window of `stride` frames (with `blur_select` the sharpest, by
+the variance of the Laplacian); then, unless `all_frames`, keyframe selection (pipeline/keyframes.py: a frame
+is kept when it sees enough that the recent keyframes don't, judged from its pose and LiDAR map; the
+sharpest of its neighbourhood wins); a selected frame far blurrier than the running median is dropped.
+Only selected frames are read as images: sharpness comes from a 1/4-scale grey JPEG decode (or the
+decoded video frame, measured at 480 px), and a frame that is not kept is never encoded or written, so
+the depth and fuse stages never see it. A frame whose data is unreadable or whose pose is not a finite
+rigid transform is skipped with a warning naming its file, and counted in the summary.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from contextlib import closing
@@ -30,9 +35,10 @@ from tqdm import tqdm
 from .artifacts import (Manifest, atomic_write_bytes, fingerprint, invalidate, is_current, remove_tree,
                         source_fingerprint, start_or_resume, write_png_atomic)
 from .capture import CaptureSource, FrameRow, SourceFrame, write_frames_table
+from . import keyframes
 from .config import IngestConfig
 from .errors import PromptmeshError
-from .geometry import is_valid_pose
+from .geometry import is_valid_pose, scale_intrinsics
 from .readers import CaptureReader, open_capture
 from .readers.common import decode_jpeg, read_bytes
 from .streams import prefetch
@@ -65,11 +71,16 @@ def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
 @dataclass
 class _Candidate:
     frame: SourceFrame
-    sharpness: float
-    rgb: Optional[np.ndarray]
-    """Decoded RGB kept only when the frame has no JPEG to copy."""
+    rgb: Optional[np.ndarray] = None
+    """Decoded RGB (sources without a JPEG to copy), decoded on the reading thread."""
     jpeg: Optional[bytes] = None
     """The source JPEG's bytes (checked: complete, decodable, the capture's RGB size), to copy unchanged."""
+    depth_m: Optional[np.ndarray] = None
+    """LiDAR depth, metres, when keyframe selection has loaded it (written as is)."""
+    sharpness: Optional[float] = None
+    """Variance of the Laplacian at about 480 px, once measured."""
+    error: Optional[str] = None
+    """Why the frame's data is unusable, once found out."""
 
 
 @dataclass
@@ -78,76 +89,180 @@ class IngestSummary:
     kept: int = 0
     skipped_bad: list[str] = field(default_factory=list)
     dropped_blurry: int = 0
-    not_selected: int = 0
+    redundant: int = 0
+    """Keyframe selection: frames that see nothing the recent keyframes don't."""
+    blurrier_neighbour: int = 0
+    """Keyframe selection: frames of a neighbourhood whose sharpest frame was kept instead."""
+    kept_because: dict[str, int] = field(default_factory=dict)
+    """Keyframe selection: kept frames by reason (first, moved, turned, new surface)."""
     reused: int = 0
     """Frames an interrupted run with the same fingerprint had already written (not written again)."""
+
+    @property
+    def not_selected(self) -> int:
+        """Frames left out by stride windows or max_frames: those in no other count."""
+        return max(0, self.listed - self.kept - len(self.skipped_bad) - self.dropped_blurry - self.redundant
+                   - self.blurrier_neighbour)
 
     def counts(self) -> dict:
         """The counts as the stage's manifest summary holds them."""
         return {"listed": self.listed, "kept": self.kept, "skipped_bad": len(self.skipped_bad),
-                "dropped_blurry": self.dropped_blurry, "not_selected": self.not_selected}
+                "dropped_blurry": self.dropped_blurry, "redundant": self.redundant,
+                "blurrier_neighbour": self.blurrier_neighbour, "not_selected": self.not_selected,
+                "kept_because": dict(self.kept_because)}
 
 
 def summary_line(counts: dict, capture_folder: Optional[Path] = None) -> str:
-    """What ingest kept, from `IngestSummary.counts()` or the ingest manifest's summary; with
-    `capture_folder`, where the skipped frames are named."""
+    """What ingest kept and why the others were not, from `IngestSummary.counts()` or the ingest manifest's
+    summary; with `capture_folder`, where the skipped frames are named."""
     bad = counts.get("skipped_bad", 0)
-    return (f"{counts.get('kept', '?')} of {counts.get('listed', '?')} frames used ({bad} bad frames skipped, "
-            f"{counts.get('dropped_blurry', 0)} dropped as blurry, {counts.get('not_selected', 0)} not selected by "
-            "stride/limit)" + (f"; the bad ones are named in the warnings and {capture_folder / 'manifest.json'}"
-                               if bad and capture_folder is not None else ""))
+    because = counts.get("kept_because") or {}
+    kept = f"{counts.get('kept', '?')} of {counts.get('listed', '?')} frames used"
+    if because:
+        kept += " as keyframes (" + ", ".join(f"{n} {why}" for why, n in because.items()) + ")"
+    not_kept = [f"{counts.get('redundant', 0)} seeing nothing new", f"{counts.get('blurrier_neighbour', 0)} "
+                "blurrier than a neighbour"] if because else []
+    not_kept += [f"{bad} bad frames skipped", f"{counts.get('dropped_blurry', 0)} dropped as blurry",
+                 f"{counts.get('not_selected', 0)} not selected by stride/limit"]
+    return (f"{kept}; not used: {', '.join(not_kept)}"
+            + (f"; the bad ones are named in the warnings and {capture_folder / 'manifest.json'}"
+               if bad and capture_folder is not None else ""))
 
 
-def _select(frames: Iterator[SourceFrame], cfg: IngestConfig, summary: IngestSummary,
-            warn) -> Iterator[_Candidate]:
-    """Stride windows, sharpest-of-window, blur rejection, max_frames; skips unreadable frames."""
-    history: deque[float] = deque(maxlen=cfg.blur_history)
-    window: list[_Candidate] = []
-    emitted = 0
+def keyframe_settings(cfg: IngestConfig) -> keyframes.KeyframeSettings:
+    """The keyframe thresholds of an ingest config."""
+    return keyframes.KeyframeSettings(
+        translation_ratio=cfg.keyframe_translation_depth_ratio, rotation_deg=cfg.keyframe_rotation_deg,
+        min_overlap=cfg.keyframe_min_overlap_ratio, recent=cfg.keyframe_recent_count,
+        neighbourhood_frames=cfg.keyframe_neighbourhood_frames)
 
-    def best_of(window: list[_Candidate]) -> Optional[_Candidate]:
-        if not window:
-            return None
-        best = max(window, key=lambda c: c.sharpness) if cfg.blur_select else window[0]
-        summary.not_selected += len(window) - 1
-        median = float(np.median(history)) if len(history) >= 3 else 0.0
-        if cfg.blur_select and best.sharpness < cfg.blur_ratio * median:
-            summary.dropped_blurry += 1
-            return None
-        return best
 
-    position = 0
+def _load_image(cand: _Candidate) -> None:
+    """Read the frame's RGB as the writer needs it (JPEG bytes, checked; or the decoded video frame), on the
+    reading thread (video decoding is sequential); PromptmeshError if unusable."""
+    f = cand.frame
+    if f.rgb_jpeg_path is not None:
+        if cand.jpeg is None:
+            cand.jpeg = read_bytes(f.rgb_jpeg_path, "RGB JPEG")
+            gray = _checked_quarter_gray(cand.jpeg, str(f.rgb_jpeg_path), f.rgb_size)
+            if cand.sharpness is None:
+                cand.sharpness = sharpness(gray)
+    elif cand.rgb is None:
+        cand.rgb = f.load_rgb()
+
+
+def _measure_sharpness(cand: _Candidate) -> float:
+    """The candidate's sharpness (reading its image first); -inf, with `error` set, when its data is bad."""
+    if cand.sharpness is None and cand.error is None:
+        try:
+            _load_image(cand)
+            if cand.sharpness is None:
+                cand.sharpness = sharpness(cand.rgb)
+        except PromptmeshError as e:
+            cand.error = str(e)
+    return -math.inf if cand.error is not None else cand.sharpness
+
+
+def _readable(frames: Iterator[SourceFrame], cfg: IngestConfig, warn) -> Iterator[_Candidate]:
+    """Frames with a valid pose; for keyframe selection their LiDAR depth is loaded (a frame whose depth is
+    unreadable is skipped with a warning)."""
     for frame in frames:
-        position += 1
-        if cfg.max_frames and emitted >= cfg.max_frames:
-            summary.not_selected += 1
-            continue
         if not is_valid_pose(frame.camera_to_world):
             warn(f"{frame.source_name or frame.frame_index}: pose is not a finite rigid transform; frame skipped")
             continue
-        try:
-            rgb, jpeg = None, None
-            if frame.rgb_jpeg_path is not None:
-                jpeg = read_bytes(frame.rgb_jpeg_path, "RGB JPEG")
-                gray = _checked_quarter_gray(jpeg, str(frame.rgb_jpeg_path), frame.rgb_size)
-            else:
-                rgb = gray = frame.load_rgb()
-            s = sharpness(gray) if cfg.blur_select else 0.0
-        except PromptmeshError as e:
-            warn(f"{e}; frame skipped")
-            continue
-        history.append(s)
-        window.append(_Candidate(frame, s, rgb, jpeg))
+        cand = _Candidate(frame)
+        if not cfg.all_frames:
+            try:
+                cand.depth_m = frame.load_depth_m()
+            except PromptmeshError as e:
+                warn(f"{e}; frame skipped")
+                continue
+        yield cand
+
+
+def _stride_winners(candidates: Iterator[_Candidate], cfg: IngestConfig, warn) -> Iterator[_Candidate]:
+    """The sharpest (with blur_select, else the first) readable frame of each window of `stride` frames."""
+    window: list[_Candidate] = []
+
+    def best_of(window: list[_Candidate]) -> Optional[_Candidate]:
+        if cfg.blur_select and cfg.stride > 1:
+            for c in window:
+                _measure_sharpness(c)
+        for c in [c for c in window if c.error is not None]:
+            warn(f"{c.error}; frame skipped")
+            window.remove(c)
+        if not window:
+            return None
+        return max(window, key=lambda c: c.sharpness) if cfg.blur_select and cfg.stride > 1 else window[0]
+
+    for cand in candidates:
+        window.append(cand)
         if len(window) == cfg.stride:
             best = best_of(window)
             window = []
             if best is not None:
-                emitted += 1
                 yield best
-    if window and not (cfg.max_frames and emitted >= cfg.max_frames):
+    if window:
         best = best_of(window)
         if best is not None:
             yield best
+
+
+def _select(frames: Iterator[SourceFrame], cfg: IngestConfig, summary: IngestSummary,
+            warn) -> Iterator[_Candidate]:
+    """Readable frames -> stride windows -> keyframe selection (unless all_frames) -> blur rejection ->
+    max_frames; every kept candidate has its image read (`_load_image`). Counts the others in `summary`."""
+    history: deque[float] = deque(maxlen=cfg.blur_history)
+
+    def blurry(cand: _Candidate) -> Optional[str]:
+        """Rejection of a selected frame: unreadable, or far blurrier than the running median."""
+        if cfg.blur_select:
+            _measure_sharpness(cand)
+        else:
+            try:
+                _load_image(cand)
+            except PromptmeshError as e:
+                cand.error = str(e)
+        if cand.error is not None:
+            return "bad"
+        if not cfg.blur_select:
+            return None
+        median = float(np.median(history)) if len(history) >= 3 else 0.0
+        history.append(cand.sharpness)
+        return "blurry" if cand.sharpness < cfg.blur_ratio * median else None
+
+    winners = _stride_winners(_readable(frames, cfg, warn), cfg, warn)
+    if cfg.all_frames:
+        decisions = (keyframes.Decision(c, (why := blurry(c)) is None, why or "all frames") for c in winners)
+    else:
+        settings = keyframe_settings(cfg)
+
+        def view_of(cand: _Candidate) -> keyframes.View:
+            f = cand.frame
+            lidar_wh = cand.depth_m.shape[::-1]
+            return keyframes.View.from_depth(f.camera_to_world, cand.depth_m,
+                                             scale_intrinsics(f.K_rgb, f.rgb_size, lidar_wh))
+
+        decisions = keyframes.select(winners, view_of, settings,
+                                     sharpness_of=_measure_sharpness if cfg.blur_select else None, accept=blurry)
+    emitted = 0
+    for d in decisions:
+        cand = d.item
+        if cand.error is not None:  # found unreadable while measured
+            warn(f"{cand.error}; frame skipped")
+        elif d.kept:
+            emitted += 1
+            if not cfg.all_frames:
+                summary.kept_because[d.reason] = summary.kept_because.get(d.reason, 0) + 1
+            yield cand
+            if cfg.max_frames and emitted >= cfg.max_frames:
+                break
+        elif d.reason == "blurry":
+            summary.dropped_blurry += 1
+        elif d.reason == keyframes.REDUNDANT:
+            summary.redundant += 1
+        elif d.reason == keyframes.BLURRIER_NEIGHBOUR:
+            summary.blurrier_neighbour += 1
 
 
 def _checked_quarter_gray(jpeg: bytes, name: str, size_wh: tuple[int, int]) -> np.ndarray:
@@ -190,7 +305,7 @@ def _write_frame_files(cand: _Candidate, out: Path, source: CaptureSource, jpeg_
     """LiDAR, confidence and GT depth PNGs, then the RGB JPEG; returns whether a confidence map was written."""
     f = cand.frame
     W, H = source.rgb_size
-    depth_m = f.load_depth_m()
+    depth_m = cand.depth_m if cand.depth_m is not None else f.load_depth_m()
     if depth_m.ndim != 2 or depth_m.shape[::-1] != tuple(source.lidar_size):
         raise PromptmeshError(f"{f.source_name}: depth is {depth_m.shape[::-1]} (w,h), the capture's LiDAR size "
                               f"is {tuple(source.lidar_size)}")

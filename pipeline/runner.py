@@ -33,12 +33,17 @@ class RunResult:
     eval_path: Optional[Path] = None
     timings_s: dict[str, float] = field(default_factory=dict)
     ingest_summary: dict = field(default_factory=dict)
-    """The ingest manifest's summary: frames listed, kept, skipped_bad, dropped_blurry, not_selected."""
+    """The ingest manifest's summary: frames listed, kept (and why), and why the others were not."""
+    fuse_summary: dict = field(default_factory=dict)
+    """The fuse manifest's summary (voxel_size_m, voxel_auto_depth_m, ...)."""
 
     def report(self) -> str:
         """What a person wants at the end: where things are, the scores, where the time went."""
         lines = [f"frames:      {ingest.summary_line(self.ingest_summary, self.workdir / 'capture')}",
                  f"depth model: {self.depth_model}"]
+        if "voxel_size_m" in self.fuse_summary:
+            voxel = fuse.voxel_line(self.fuse_summary["voxel_size_m"], self.fuse_summary.get("voxel_auto_depth_m"))
+            lines.append(f"voxel:       {voxel}")
         lines += [f"mesh:        {p}" for p in self.mesh_paths]
         if self.eval_path is not None:
             ev = json.loads(Path(self.eval_path).read_text())
@@ -74,7 +79,8 @@ def _prepare_fusion_meanwhile(cfg: PipelineConfig, workdir: Path, force: bool) -
 
     def prepare() -> int:
         importlib.import_module("open3d")
-        return fuse.estimate_block_count(CaptureTable.load(ingest.capture_dir(workdir)), cfg.fuse)
+        table = CaptureTable.load(ingest.capture_dir(workdir))
+        return fuse.estimate_block_count(table, fuse.resolve_voxel_size(cfg.fuse, table)[0])
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-fusion")
     future = pool.submit(prepare)
@@ -113,4 +119,6 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Pat
             with _timed(timings, "eval"):
                 eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
         atomic_write_json(workdir / "timings.json", {"depth_model": model, "seconds": timings})
-    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary)
+    fuse_manifest = Manifest.read(fuse.fuse_dir(workdir))
+    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary,
+                     fuse_manifest.summary if fuse_manifest is not None else {})

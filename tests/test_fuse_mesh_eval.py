@@ -333,7 +333,7 @@ def test_gt_mesh_in_another_frame_is_reported(room, tmp_path):
 
 def test_weight_threshold_counts_observations():
     """One frame gives every voxel weight 1: threshold 1 keeps the surface, 2 needs a second view."""
-    grid = fuse.new_grid(FuseConfig(), 1024, o3d.core.Device("CPU:0"))
+    grid = fuse.new_grid(FuseConfig(voxel_size_m=0.01), 1024, o3d.core.Device("CPU:0"))
     depth = o3d.t.geometry.Image(o3d.core.Tensor(np.full((60, 80), 1500, np.uint16)))
     color = o3d.t.geometry.Image(o3d.core.Tensor(np.full((60, 80, 3), 128, np.uint8)))
     K = o3d.core.Tensor(fuse.open3d_intrinsics(np.array([[50.0, 0, 40], [0, 50.0, 30], [0, 0, 1]])))

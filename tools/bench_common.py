@@ -79,7 +79,7 @@ def promptmesh_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli", *args]
 
 
-def synthetic_capture(path: Path, frames: int, width: int, height: int, scene: str = "hard") -> Path:
+def synthetic_capture(path: Path, frames: int, width: int, height: int, scene: str = "hard", fps: float = 30.0) -> Path:
     """A Stray Scanner capture rendered by tools/make_synthetic_capture.py, made once and reused.
 
     GT depth is removed (real captures have none, and ingest would copy it), so the capture is what a
@@ -95,7 +95,8 @@ def synthetic_capture(path: Path, frames: int, width: int, height: int, scene: s
     log.info("rendering a %d-frame %dx%d synthetic capture into %s (minutes, once)", frames, width, height, path)
     if path.exists():
         shutil.rmtree(path)
-    make_capture(path, scene=scene, n_frames=frames, width=width, height=height, gt_depth_size=(16, 12), flat=True)
+    make_capture(path, scene=scene, n_frames=frames, width=width, height=height, gt_depth_size=(16, 12), flat=True,
+                 fps=fps)
     shutil.rmtree(path / "gt_depth")
     done.write_text("")
     return path

@@ -3,7 +3,8 @@
 
 A textured room (`easy`: a box room with a few boxes; `hard`: thin chair/table legs and plant stems, an
 open shelf, a glass pane, dark glossy surfaces, a doorway to a wall 7.5 m away, and ~1.5 cm / 0.3 deg of
-ARKit-like pose drift) is ray cast along a smooth handheld loop (tools/synthetic_scene.py) and written as
+ARKit-like pose drift; `closeup`: a desk corner with a mug, a book and a pen seen from 0.2-0.45 m over
+0.4 m of orbit) is ray cast along a smooth handheld loop (tools/synthetic_scene.py) and written as
 
     OUT_DIR/stray/            Stray Scanner folder (rgb.mp4, depth/, confidence/, odometry.csv, camera_matrix.csv,
                               and gt_depth/NNNNNN.png: GT z-depth, uint16 mm, at --gt-depth-size)
@@ -90,7 +91,7 @@ def make_capture(out_dir: Path, scene: str = "easy", n_frames: int = 60, width: 
 
     Args:
         out_dir: output folder (created). A layout's previous output there is replaced.
-        scene: "easy" or "hard".
+        scene: "easy", "hard" or "closeup".
         n_frames, width, height, fps: capture length and RGB size (pixels); LiDAR is 256 wide, same aspect.
         layouts: any of "stray", "r3d", "r3d-exr", "3dscannerapp".
         seed: noise, trajectory jitter and drift direction; same seed -> same bytes of depth and poses.

@@ -83,6 +83,11 @@ class Scene:
     """Camera-centre error of the written (ARKit-like) poses at the end of the capture, metres."""
     drift_deg: float = 0.0
     """Orientation error of the written poses at the end of the capture, degrees."""
+    orbit_target: tuple[float, float, float] | None = None
+    """Close-up captures: the camera orbits this point (world metres) looking at it, instead of walking the
+    ellipse; `walk_radii_m[0]` is then the orbit radius (horizontal), `eye_height_m` the camera height."""
+    orbit_arc_deg: float = 90.0
+    """Close-up captures: the arc of the orbit, degrees (centred on the +z side of the target)."""
 
     @property
     def glass_triangles(self) -> np.ndarray:
@@ -273,7 +278,31 @@ def hard_scene() -> Scene:
                    walk_radii_m=(1.0, 1.6), eye_height_m=1.45, look_height_m=0.9, drift_m=0.015, drift_deg=0.3)
 
 
-SCENES: dict[str, Callable[[], Scene]] = {"easy": easy_scene, "hard": hard_scene}
+def closeup_scene() -> Scene:
+    """A desk corner seen from 0.2-0.45 m: a mug with a handle, a book, a pen and a small box on a table
+    against a wall, finely textured (millimetre to centimetre detail); the camera orbits them at 0.25 m
+    over 92 degrees (0.4 m of path)."""
+    b = SceneBuilder()
+    fine_wall = Material("wall_fine_mosaic", (0.85, 0.80, 0.70), (0.40, 0.50, 0.65), "mosaic", 0.03)
+    desk = Material("desk_grain", (0.62, 0.44, 0.26), (0.42, 0.27, 0.14), "grain", 0.02)
+    mug = Material("mug_mosaic", (0.80, 0.25, 0.20), (0.95, 0.90, 0.80), "mosaic", 0.012)
+    book = Material("book_stripes", (0.15, 0.30, 0.65), (0.90, 0.85, 0.60), "stripes", 0.008)
+    cube = Material("cube_checker", (0.90, 0.85, 0.20), (0.20, 0.50, 0.30), "checker", 0.01)
+    pen = Material("pen", (0.10, 0.10, 0.12), specular=0.4)
+    _room_shell(b, (-1.5, 1.5), (0.0, 2.5), (-0.45, 2.0), FLOOR, CEILING,
+                {"-x": WALL_PLAIN, "+x": WALL_PLAIN, "-z": fine_wall, "+z": WALL_PLAIN})
+    b.box((-0.7, 0.0, -0.45), (0.7, 0.75, 0.2), desk)  # the desk, against the -z wall
+    b.cylinder((0.0, 0.75, -0.15), (0.0, 0.85, -0.15), 0.04, mug, segments=32)
+    b.box((0.04, 0.775, -0.156), (0.068, 0.825, -0.144), mug)  # the mug's handle, 12 mm thick
+    b.box((-0.19, 0.75, -0.26), (-0.07, 0.78, -0.08), book)
+    b.cylinder((0.07, 0.754, -0.02), (0.19, 0.754, -0.06), 0.004, pen, segments=12)
+    b.box((0.09, 0.75, -0.32), (0.16, 0.82, -0.25), cube)
+    return b.build("closeup", light_position=np.array([0.2, 1.6, 0.6]), walk_centre_xz=(0.0, -0.15),
+                   walk_radii_m=(0.25, 0.25), eye_height_m=0.93, look_height_m=0.79,
+                   orbit_target=(0.0, 0.79, -0.15), orbit_arc_deg=92.0)
+
+
+SCENES: dict[str, Callable[[], Scene]] = {"easy": easy_scene, "hard": hard_scene, "closeup": closeup_scene}
 
 
 def scene_mesh(scene: Scene) -> o3d.geometry.TriangleMesh:
@@ -316,6 +345,8 @@ def camera_trajectory(scene: Scene, n_frames: int, fps: float, seed: int) -> np.
     """(N,4,4) true camera_to_world of a smooth handheld walk: one loop around the room's walk ellipse
     looking across the room (so every wall, the floor and the objects are seen), with a slow side-to-side
     sweep, a walking bob and small hand tremor. Deterministic given `seed`."""
+    if scene.orbit_target is not None:
+        return _orbit_trajectory(scene, n_frames, fps, seed)
     rng = np.random.default_rng([seed, 1])
     phase = rng.uniform(0, 2 * np.pi, size=7)
     (cx, cz), (ax, az) = scene.walk_centre_xz, scene.walk_radii_m
@@ -334,6 +365,26 @@ def camera_trajectory(scene: Scene, n_frames: int, fps: float, seed: int) -> np.
         tremor_deg = 0.6 * np.array([np.sin(2 * np.pi * 0.7 * t + phase[4]), np.sin(2 * np.pi * 0.9 * t + phase[5]),
                                      2.0 * np.sin(2 * np.pi * 0.4 * t + phase[6])])
         poses[i, :3, :3] = R @ cv2.Rodrigues(np.deg2rad(tremor_deg).reshape(3, 1))[0]
+        poses[i, :3, 3] = eye
+    return poses
+
+
+def _orbit_trajectory(scene: Scene, n_frames: int, fps: float, seed: int) -> np.ndarray:
+    """(N,4,4) true camera_to_world of a close-up: one sweep of `orbit_arc_deg` around `orbit_target` at
+    radius `walk_radii_m[0]`, looking at the target, with a 5 mm bob and small hand tremor."""
+    rng = np.random.default_rng([seed, 1])
+    phase = rng.uniform(0, 2 * np.pi, size=4)
+    target = np.asarray(scene.orbit_target, np.float64)
+    radius = scene.walk_radii_m[0]
+    poses = np.tile(np.eye(4), (n_frames, 1, 1))
+    for i in range(n_frames):
+        s, t = i / max(n_frames - 1, 1), i / fps
+        phi = np.deg2rad(scene.orbit_arc_deg) * (s - 0.5)
+        eye = target + np.array([radius * np.sin(phi), 0.0, radius * np.cos(phi)])
+        eye[1] = scene.eye_height_m + 0.005 * np.sin(2 * np.pi * 1.1 * t + phase[0])
+        tremor_deg = 0.4 * np.array([np.sin(2 * np.pi * 0.7 * t + phase[1]), np.sin(2 * np.pi * 0.9 * t + phase[2]),
+                                     np.sin(2 * np.pi * 0.4 * t + phase[3])])
+        poses[i, :3, :3] = _look_at(eye, target) @ cv2.Rodrigues(np.deg2rad(tremor_deg).reshape(3, 1))[0]
         poses[i, :3, 3] = eye
     return poses
 

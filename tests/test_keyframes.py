@@ -1,0 +1,149 @@
+"""Keyframe selection on hand-made trajectories (pipeline/keyframes.py) and in the ingest stage."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline import ingest, keyframes
+from pipeline.artifacts import Manifest
+from pipeline.capture import CaptureSource, CaptureTable, SourceFrame
+from pipeline.config import IngestConfig
+from pipeline.geometry import intrinsics_matrix
+
+w, h = 64, 48
+K_WIDE = intrinsics_matrix(48.0, 48.0, 31.5, 23.5)  # ~67 deg horizontal field of view, like the phone's
+SETTINGS = keyframes.KeyframeSettings(translation_ratio=0.05, rotation_deg=15.0, min_overlap=0.8,
+                                     neighbourhood_frames=1)
+
+
+def _pose(x_m: float = 0.0, yaw_deg: float = 0.0) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(np.array([0.0, np.deg2rad(yaw_deg), 0.0]))[0]
+    T[0, 3] = x_m
+    return T
+
+
+def _wall_view(T: np.ndarray, wall_z_m: float) -> keyframes.View:
+    """The z-depth map of the plane z = wall_z_m (world) seen from camera_to_world T."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    rays = np.stack([(u - K_WIDE[0, 2]) / K_WIDE[0, 0], (v - K_WIDE[1, 2]) / K_WIDE[1, 1], np.ones_like(u)], -1)
+    dirs = rays @ T[:3, :3].T
+    t = (wall_z_m - T[2, 3]) / dirs[..., 2]  # ray parameter = camera z-depth (rays have z = 1)
+    return keyframes.View(T, np.where(t > 0, t, 0).astype(np.float32), K_WIDE)
+
+
+def _kept(views, settings=SETTINGS) -> list[int]:
+    return [i for i, d in enumerate(keyframes.select(views, lambda v: v, settings)) if d.kept]
+
+
+def test_standing_still_keeps_one_frame():
+    decisions = list(keyframes.select([_wall_view(_pose(), 2.0) for _ in range(30)], lambda v: v,
+                                      keyframes.KeyframeSettings()))
+    assert [d.kept for d in decisions] == [True] + [False] * 29
+    assert decisions[0].reason == keyframes.FIRST
+    assert {d.reason for d in decisions[1:]} <= {keyframes.REDUNDANT, keyframes.BLURRIER_NEIGHBOUR}
+
+
+def test_pure_rotation_keeps_one_every_rotation_threshold():
+    views = [_wall_view(_pose(yaw_deg=0.5 * i), 3.0) for i in range(81)]  # 40 deg in 0.5 deg steps
+    only_rotation = keyframes.KeyframeSettings(rotation_deg=9.9, min_overlap=0.0, neighbourhood_frames=1)
+    assert _kept(views, only_rotation) == [0, 20, 40, 60, 80]
+    # with the footprint test on as well, a keyframe comes at least every 10 degrees
+    kept = _kept(views, keyframes.KeyframeSettings(rotation_deg=10.0, min_overlap=0.8, neighbourhood_frames=1))
+    assert kept[0] == 0 and max(np.diff(kept)) <= 20 and len(kept) >= 5
+
+
+def test_same_translation_keeps_more_frames_close_up_than_across_a_room():
+    path = [_pose(x_m=0.002001 * i) for i in range(201)]  # 40 cm sideways in 2 mm steps
+    close = _kept([_wall_view(T, 0.3) for T in path])
+    room = _kept([_wall_view(T, 3.0) for T in path])
+    # translation threshold 0.05 x depth: 15 cm across the room, 1.5 cm close up (and there the footprint
+    # test may add more: 1.5 cm is a larger share of the view)
+    assert room == [0, 75, 150]
+    assert len(close) >= 25 and max(np.diff(close)) <= 8
+    assert len(close) >= 8 * len(room)
+
+
+def test_new_surface_makes_a_keyframe_before_the_pose_thresholds():
+    """A frame whose footprint the keyframe did not see is kept though it barely moved: here the wall the
+    keyframe saw at 3 m is replaced by a nearer surface (a door swung into view)."""
+    first = _wall_view(_pose(), 3.0)
+    moved_a_little = _wall_view(_pose(x_m=0.01), 1.0)
+    d = list(keyframes.select([first, moved_a_little], lambda v: v, SETTINGS))
+    assert [x.kept for x in d] == [True, True] and d[1].reason == keyframes.NEW_SURFACE
+    same_wall = _wall_view(_pose(x_m=0.01), 3.0)
+    assert [x.kept for x in keyframes.select([first, same_wall], lambda v: v, SETTINGS)] == [True, False]
+
+
+def test_sharpest_of_the_neighbourhood_wins():
+    views = [_wall_view(_pose(x_m=0.001 * i), 2.0) for i in range(5)]  # all within 30 % of the thresholds
+    sharp = {id(v): s for v, s in zip(views, [1.0, 3.0, 9.0, 2.0, 1.0])}
+    d = list(keyframes.select(views, lambda v: v, keyframes.KeyframeSettings(neighbourhood_frames=6),
+                              sharpness_of=lambda v: sharp[id(v)]))
+    assert [x.kept for x in d] == [False, False, True, False, False]
+    assert d[2].reason == keyframes.FIRST and d[0].reason == keyframes.BLURRIER_NEIGHBOUR
+
+
+def test_subsampled_depth_keeps_the_pixel_centre_convention():
+    """Pixel (i, j) of the subsampled map is pixel (2 + 4i, 2 + 4j) of the full one: a point seen at full
+    pixel (14, 6) projects with the subsampled K to (3, 1) exactly (a half-pixel slip would show)."""
+    K = intrinsics_matrix(200.0, 210.0, 127.3, 95.6)
+    depth = np.arange(256 * 192, dtype=np.float32).reshape(192, 256)
+    small, K_small = keyframes.subsample_depth(depth, K, 4)
+    assert small.shape == (48, 64) and small[1, 3] == depth[6, 14]
+    x = np.array([(14 - K[0, 2]) / K[0, 0], (6 - K[1, 2]) / K[1, 1], 1.0])
+    np.testing.assert_allclose((K_small @ x)[:2], [3.0, 1.0], atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- in the ingest stage
+def _source(poses, loaded: list) -> CaptureSource:
+    W, H = 64, 48
+
+    def frame(i: int, T: np.ndarray) -> SourceFrame:
+        rng = np.random.default_rng(i)
+
+        def load_rgb():
+            loaded.append(i)
+            return (rng.random((H, W, 3)) * 255).astype(np.uint8)
+
+        return SourceFrame(frame_index=i, timestamp_s=i / 60, camera_to_world=T, K_rgb=K_WIDE, rgb_size=(W, H),
+                           load_rgb=load_rgb, load_depth_m=lambda: np.full((48, 64), 2.0, np.float32),
+                           load_confidence=lambda: np.full((48, 64), 2, np.uint8), source_name=f"frame {i}")
+
+    return CaptureSource(format="fake", path=Path("fake"), n_frames=len(poses), rgb_size=(W, H), lidar_size=(64, 48),
+                         frames=lambda: iter([frame(i, T) for i, T in enumerate(poses)]))
+
+
+@pytest.mark.parametrize("blur_select", [False, True])
+def test_ingest_writes_keyframes_only_and_says_why(monkeypatch, tmp_path, blur_select):
+    """Standing still, then a 30 cm step, then still again: two keyframes. The others are never decoded
+    (without blur selection) or only within a neighbourhood, and never written."""
+    poses = [_pose()] * 10 + [_pose(x_m=0.3)] * 10
+    loaded: list[int] = []
+    monkeypatch.setattr(ingest, "open_capture", lambda p: _source(poses, loaded))
+    (tmp_path / "cap").mkdir()
+    ingest.run(IngestConfig(blur_select=blur_select), tmp_path / "cap", tmp_path / "wd")
+    capture = tmp_path / "wd" / "capture"
+    table = CaptureTable.load(capture)
+    kept = table.frame_index.tolist()
+    assert len(kept) == 2 and kept[0] < 10 <= kept[1]
+    assert sorted(p.name for p in (capture / "rgb").glob("*.jpg")) == [f"{i:06d}.jpg" for i in kept]
+    assert sorted(p.name for p in (capture / "lidar").glob("*.png")) == [f"{i:06d}.png" for i in kept]
+    if blur_select:  # the neighbourhoods: frames 0-5 and 10-15
+        assert set(loaded) <= set(range(6)) | set(range(10, 16))
+    else:
+        assert sorted(loaded) == [0, 10]
+    summary = Manifest.read(capture).summary
+    assert summary["kept"] == 2 and summary["kept_because"] == {"first": 1, "moved": 1}
+    assert summary["redundant"] + summary["blurrier_neighbour"] == 18 and summary["not_selected"] == 0
+    line = ingest.summary_line(summary)
+    assert line.startswith("2 of 20 frames used as keyframes (1 first, 1 moved)") and "seeing nothing new" in line
+
+
+def test_all_frames_keeps_every_frame(monkeypatch, tmp_path):
+    loaded: list[int] = []
+    monkeypatch.setattr(ingest, "open_capture", lambda p: _source([_pose()] * 6, loaded))
+    (tmp_path / "cap").mkdir()
+    ingest.run(IngestConfig(all_frames=True, blur_select=False), tmp_path / "cap", tmp_path / "wd")
+    assert CaptureTable.load(tmp_path / "wd" / "capture").frame_index.tolist() == list(range(6))
