@@ -78,10 +78,13 @@ class FuseConfig:
     auto_voxel_depth_ratio: float = 0.003
     """Automatic voxel edge per metre of median scene depth (metres/metre)."""
     auto_voxel_min_m: float = 0.004
-    """Smallest automatic voxel edge, metres (LiDAR noise is ~4-5 mm at close range: a truncation of 4 voxels
-    should stay above it)."""
+    """Smallest automatic voxel edge, metres (depth noise does not shrink with the scene: ~4-5 mm for LiDAR at
+    close range)."""
+    auto_trunc_min_m: float = 0.03
+    """With the automatic voxel, the truncation is at least this, metres (more than sdf_trunc_voxels voxels
+    when they are small: the truncation has to exceed the depth noise several times)."""
     sdf_trunc_voxels: float = 4.0
-    """Truncation distance, in voxels."""
+    """Truncation distance, in voxels (with the automatic voxel, raised to auto_trunc_min_m if needed)."""
     depth_min_m: float = 0.1
     """Depth below this is ignored, metres."""
     depth_max_m: float = 5.0
@@ -195,8 +198,8 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.depth.long_side_px >= 14, "depth.long_side_px must be >= 14"),
         (cfg.depth.batch_size >= 1, "depth.batch_size must be >= 1"),
         (0 <= cfg.fuse.voxel_size_m <= 0.5, "fuse.voxel_size_m must be in [0, 0.5] metres (0 = automatic)"),
-        (cfg.fuse.auto_voxel_depth_ratio > 0 and 0 < cfg.fuse.auto_voxel_min_m <= 0.5,
-         "fuse.auto_voxel_depth_ratio must be > 0 and fuse.auto_voxel_min_m in (0, 0.5] metres"),
+        (cfg.fuse.auto_voxel_depth_ratio > 0 and 0 < cfg.fuse.auto_voxel_min_m <= 0.5 and cfg.fuse.auto_trunc_min_m >= 0,
+         "fuse.auto_voxel_depth_ratio must be > 0, fuse.auto_voxel_min_m in (0, 0.5] metres, auto_trunc_min_m >= 0"),
         (cfg.fuse.sdf_trunc_voxels >= 1, "fuse.sdf_trunc_voxels must be >= 1"),
         (0 <= cfg.fuse.depth_min_m < cfg.fuse.depth_max_m, "need 0 <= fuse.depth_min_m < fuse.depth_max_m"),
         (cfg.fuse.min_confidence in (0, 1, 2), "fuse.min_confidence must be 0, 1 or 2"),

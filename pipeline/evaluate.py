@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -216,6 +217,39 @@ def _scores(pred: np.ndarray, gt: np.ndarray, cfg: EvalConfig) -> tuple[dict, di
     return metrics_from_distances(d_pred_to_gt, d_gt_to_pred, cfg.threshold_m), curve
 
 
+@dataclass
+class MeshScores:
+    """Mesh metrics of one prediction (CONTRACTS §3) and what eval's curve.json records beside them."""
+
+    culled: dict
+    unculled: dict
+    culled_curve: dict
+    unculled_curve: dict
+    culling: dict
+    """cameras, gt_seen_fraction, pred_kept_fraction."""
+    gt_points: int
+    pred_points: int
+
+
+def score_meshes(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
+                 gt_triangles: np.ndarray, table: CaptureTable, cfg: EvalConfig, gt_name: Path) -> MeshScores:
+    """Culled and unculled scores of a predicted mesh against the GT mesh, culled with `table`'s cameras
+    (world frame, metres); PromptmeshError naming `gt_name` when no surface is in view."""
+    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: both meshes at once on 2 cores
+        gt_job = pool.submit(sampled_points, gt_vertices, gt_triangles, cfg, SEED_GT)
+        pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
+        gt = gt_job.result()
+    unculled, unculled_curve = _scores(pred, gt, cfg)
+    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, cfg)
+    if not gt_seen.any() or not pred_kept.any():
+        raise PromptmeshError(f"{gt_name}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
+                              "view of any camera; is the GT mesh in the capture's world frame, in metres?")
+    culled, culled_curve = _scores(pred[pred_kept], gt[gt_seen], cfg)
+    return MeshScores(culled, unculled, culled_curve, unculled_curve,
+                      {"cameras": n_cameras, "gt_seen_fraction": float(gt_seen.mean()),
+                       "pred_kept_fraction": float(pred_kept.mean())}, len(gt), len(pred))
+
+
 def run(cfg: EvalConfig, workdir: Path, gt_mesh: Path, out_dir: Optional[Path] = None, force: bool = False) -> Path:
     """Evaluate OUT/mesh.* (OUT = out_dir or workdir) against `gt_mesh`; returns OUT/eval.json."""
     workdir = Path(workdir)
@@ -238,23 +272,12 @@ def run(cfg: EvalConfig, workdir: Path, gt_mesh: Path, out_dir: Optional[Path] =
     invalidate(edir)
     table = CaptureTable.load(workdir / "capture")
     pred_vertices, pred_triangles = load_mesh(pred_mesh, "predicted mesh")
-    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: both meshes at once on 2 cores
-        gt_job = pool.submit(sampled_points, gt_vertices, gt_triangles, cfg, SEED_GT)
-        pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
-        gt = gt_job.result()
-
-    unculled, unculled_curve = _scores(pred, gt, cfg)
-    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, cfg)
-    if not gt_seen.any() or not pred_kept.any():
-        raise PromptmeshError(f"{gt_mesh}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
-                              "view of any camera; is the GT mesh in the capture's world frame, in metres?")
-    culled, culled_curve = _scores(pred[pred_kept], gt[gt_seen], cfg)
-
+    scores = score_meshes(pred_vertices, pred_triangles, gt_vertices, gt_triangles, table, cfg, gt_mesh)
+    culled, unculled = scores.culled, scores.unculled
     report = {"threshold_m": cfg.threshold_m, "downsample_m": cfg.downsample_m, "n_frames": len(table),
               "culled": culled, "unculled": unculled}
-    curve = {"thresholds_m": list(CURVE_THRESHOLDS_M), "culled": culled_curve, "unculled": unculled_curve,
-             "culling": {"cameras": n_cameras, "gt_seen_fraction": float(gt_seen.mean()),
-                         "pred_kept_fraction": float(pred_kept.mean())}}
+    curve = {"thresholds_m": list(CURVE_THRESHOLDS_M), "culled": scores.culled_curve,
+             "unculled": scores.unculled_curve, "culling": scores.culling}
     fuse_manifest = Manifest.read(fuse_dir(out_dir))
     depth_model = fuse_manifest.settings.get("depth_model") if fuse_manifest else None
     depth_sums = depth_errors(workdir, table, depth_model) if depth_model else None
@@ -268,7 +291,7 @@ def run(cfg: EvalConfig, workdir: Path, gt_mesh: Path, out_dir: Optional[Path] =
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=["../eval.json", "curve.json"],
              settings={"cfg": cfg, "gt_mesh": str(gt_mesh.resolve()), "pred_mesh": str(pred_mesh)},
-             summary={"seconds": round(seconds, 3), "gt_points": len(gt), "pred_points": len(pred),
+             summary={"seconds": round(seconds, 3), "gt_points": scores.gt_points, "pred_points": scores.pred_points,
                       **curve["culling"]}).write(edir)
     log.info("eval: culled F@%g cm %.3f (P %.3f, R %.3f), unculled F %.3f, acc %.2f cm, comp %.2f cm in %.1f s -> %s",
              cfg.threshold_m * 100, culled["fscore"], culled["precision"], culled["recall"], unculled["fscore"],

@@ -246,12 +246,14 @@ def auto_voxel_size_m(depth_m: float, cfg: FuseConfig) -> float:
 
 
 def resolve_voxel_size(cfg: FuseConfig, table: CaptureTable) -> tuple[FuseConfig, Optional[float]]:
-    """(cfg with the voxel size chosen when it is automatic (0), the scene depth it was chosen from in metres,
-    or None when the voxel size was given)."""
+    """(cfg with the voxel size, and the truncation in voxels, chosen when the voxel is automatic (0); the scene
+    depth they were chosen from in metres, or None when the voxel size was given)."""
     if cfg.voxel_size_m > 0:
         return cfg, None
     depth_m = scene_depth_m(table)
-    return dataclasses.replace(cfg, voxel_size_m=auto_voxel_size_m(depth_m, cfg)), depth_m
+    voxel_m = auto_voxel_size_m(depth_m, cfg)
+    return dataclasses.replace(cfg, voxel_size_m=voxel_m,
+                               sdf_trunc_voxels=max(cfg.sdf_trunc_voxels, cfg.auto_trunc_min_m / voxel_m)), depth_m
 
 
 def voxel_line(voxel_size_m: float, auto_depth_m: Optional[float]) -> str:
@@ -367,6 +369,7 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     Manifest(STAGE, stamp, outputs=[TSDF_NAME], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
                       "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": auto_depth_m,
+                      "sdf_trunc_m": cfg.sdf_trunc_voxels * cfg.voxel_size_m,
                       "blocks_presized": block_count,
                       "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
                       "seconds_presize": round(t_integrate - t0, 3),

@@ -345,3 +345,30 @@ def test_weight_threshold_counts_observations():
     np.testing.assert_allclose(once.vertices[:, 2], 1.5, atol=1e-3)
     assert np.all(np.abs(once.colors.astype(int) - 128) <= 1)
     assert len(mesh.extract(grid, 2).triangles) == 0
+
+
+def test_automatic_voxel_size_follows_the_scene_depth(tmp_path):
+    """voxel_size_m = 0: 0.3 % of the median LiDAR depth (a room seen at 3.3 m -> 1 cm), at least 4 mm with a
+    truncation of at least 3 cm; an explicit voxel size is kept as given."""
+    assert fuse.auto_voxel_size_m(3.3, FuseConfig()) == 0.01
+    assert fuse.auto_voxel_size_m(0.3, FuseConfig()) == 0.004
+    assert fuse.auto_voxel_size_m(6.0, FuseConfig()) == 0.018
+    assert fuse.auto_voxel_size_m(float("nan"), FuseConfig()) == 0.01
+    capture = tmp_path / "capture"
+    (capture / "lidar").mkdir(parents=True)
+    rows = []
+    for i, depth_mm in enumerate((300, 320, 340)):  # frames' median depths 0.30, 0.32, 0.34 m
+        d = np.full((12, 16), depth_mm, np.uint16)
+        d[:3] = 0  # no return: not part of the median
+        d[3:5] = 5000  # a far strip: a minority of the valid pixels
+        cv2.imwrite(str(capture / "lidar" / f"{i:06d}.png"), d)
+        rows.append(FrameRow(i, i / 30, f"rgb/{i:06d}.jpg", f"lidar/{i:06d}.png", None, 64, 48, 16, 12, 50.0, 50.0,
+                             32.0, 24.0, np.eye(4).reshape(-1).tolist()))
+    write_frames_table(capture / "frames.parquet", rows)
+    table = CaptureTable.load(capture)
+    assert fuse.scene_depth_m(table) == pytest.approx(0.32)
+    chosen, depth_m = fuse.resolve_voxel_size(FuseConfig(), table)
+    assert depth_m == pytest.approx(0.32) and chosen.voxel_size_m == 0.004
+    assert chosen.sdf_trunc_voxels * chosen.voxel_size_m == pytest.approx(0.03)
+    given, none = fuse.resolve_voxel_size(FuseConfig(voxel_size_m=0.02), table)
+    assert none is None and given == FuseConfig(voxel_size_m=0.02)

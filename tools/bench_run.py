@@ -9,14 +9,18 @@ confidence mask).
 
 `promptmesh run` does more: it caches every stage (JPEG frames, LiDAR and confidence PNGs, depth PNGs, the
 TSDF volume), masks low-confidence depth and removes small pieces of the mesh. It is timed cold (fresh work
-directory) with `--depth-resolution 960` (the naive script's depth size), cold with the default depth size
-(1008x756), and warm (the same command again: every stage up to date).
+directory) at its defaults (keyframes, automatic voxel size), cold with `--all-frames --voxel-size 0.01`
+(every frame at the naive script's voxel: what keyframes buy), and warm (the defaults again: every stage up
+to date).
 
 Each repeat runs all of them, in alternating order; the table gives medians, the stage times from the
-run's timings.json and the fuse stage's manifest, and each process's own peak RSS.
+run's timings.json and the fuse stage's manifest, and each process's own peak RSS. Quality: the culled
+F@5cm of each mesh against the capture's GT mesh, all culled with the cameras of every frame (so that a
+mesh from fewer frames is judged on the same surface), from the first repeat.
 
-Example:
+Examples:
     python tools/bench_run.py --repeats 3 --write        # table into docs/benchmarks.md, "End to end"
+    python tools/bench_run.py --frames 900 --fps 60 --width 960 --height 720 --write   # a 60 fps walk
 """
 from __future__ import annotations
 
@@ -81,19 +85,34 @@ def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool
     m = check(run_measured(promptmesh_cmd("-q", "run", str(capture), "-o", str(workdir), "--depth-model", "lidar",
                                           *extra), cwd=checkout), f"promptmesh run {' '.join(extra)}")
     timings = json.loads((workdir / "timings.json").read_text())["seconds"]
+    ingest_summary = json.loads((workdir / "capture" / "manifest.json").read_text())["summary"]
     fuse_summary = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
     mesh_summary = json.loads((workdir / "mesh" / "manifest.json").read_text())["summary"]
     return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss": m.peak_rss_bytes, **{s: timings.get(s, 0.0) for s in STAGES},
             "integrate": fuse_summary["seconds_integrate"], "save": fuse_summary["seconds_save"],
-            "triangles": mesh_summary["triangles"]}
+            "triangles": mesh_summary["triangles"], "frames": ingest_summary["kept"],
+            "voxel_size_m": fuse_summary.get("voxel_size_m")}
+
+
+def culled_fscores(meshes: dict[str, Path], gt_mesh: Path, cameras_workdir: Path) -> dict[str, float]:
+    """Culled F@5cm (default EvalConfig) of each mesh against `gt_mesh`, culled with the cameras of
+    `cameras_workdir`'s capture (the same for every mesh)."""
+    from pipeline.capture import CaptureTable
+    from pipeline.config import EvalConfig
+    from pipeline.evaluate import load_mesh, score_meshes
+
+    table = CaptureTable.load(cameras_workdir / "capture")
+    gt_v, gt_t = load_mesh(gt_mesh, "ground-truth mesh")
+    return {name: score_meshes(*load_mesh(path, "mesh"), gt_v, gt_t, table, EvalConfig(), gt_mesh).culled["fscore"]
+            for name, path in meshes.items()}
 
 
 def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -> dict[str, list[dict]]:
     variants = {
         "naive": None,
-        "run960": ["--depth-resolution", "960"],
+        "run_all": ["--all-frames", "--voxel-size", "0.01"],
         "run_default": [],
-        **({"before960": ["--depth-resolution", "960"]} if before else {}),
+        **({"before": []} if before else {}),
     }
     results: dict[str, list[dict]] = {name: [] for name in (*variants, "warm")}
     for r in range(repeats):
@@ -107,13 +126,18 @@ def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -
             else:
                 results[name].append(_run_variant(capture, work / name, variants[name], fresh=True,
                                                   checkout=before if name.startswith("before") else None))
-                if name == "run960":
+                if name == "run_default":
                     results["warm"].append(_run_variant(capture, work / name, variants[name], fresh=False))
+            if r == 0 and (capture / "gt_mesh.ply").is_file():
+                meshes = {"naive": work / "naive.ply", **{n: work / n / "mesh.ply" for n in variants if n != "naive"}}
+                results.setdefault("fscore", []).append(culled_fscores(meshes, capture / "gt_mesh.ply",
+                                                                       work / "run_all"))
     return results
 
 
 def table(results: dict[str, list[dict]], frames: int, load_before: str, load_after: str, repeats: int,
-          before_label: str = "before this work") -> str:
+          before_label: str = "before this work", describe: str = "hard room, 1920x1440 HEVC video at 30 fps, "
+                                                                 "256x192 LiDAR") -> str:
     def med(name: str, key: str) -> float:
         return median([r[key] for r in results[name]])
 
@@ -122,33 +146,42 @@ def table(results: dict[str, list[dict]], frames: int, load_before: str, load_af
     def ratios(name: str) -> list[float]:  # each repeat against the naive script of the same repeat
         return [r["wall_s"] / n["wall_s"] for r, n in zip(results[name], results["naive"])]
 
-    rows = [("naive one-pass script", None),
-            *([(f"`run` {before_label} (same command)", "before960")] if results.get("before960") else []),
-            ("`run`, depth 960x720 (the naive script's size)", "run960"),
-            ("`run`, default depth 1008x756", "run_default"), ("`run` again, all stages up to date", "warm")]
-    lines = ["| | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive (each repeat) | CPU time | "
-             "peak RSS |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    fscore = (results.get("fscore") or [{}])[0]
+
+    def f_cell(name: str) -> str:
+        return f"{fscore[name]:.3f}" if name in fscore else ""
+
+    rows = [("naive one-pass script (every frame, 1 cm)", None),
+            *([(f"`run` {before_label} (same command)", "before")] if results.get("before") else []),
+            ("`run --all-frames --voxel-size 0.01`", "run_all"),
+            ("`run` (defaults: keyframes, automatic voxel)", "run_default"),
+            ("`run` again, all stages up to date", "warm")]
+    lines = ["| | frames fused | ingest | depth | fuse (integrate / save) | mesh | total wall | vs naive (each repeat) | "
+             "CPU time | peak RSS | culled F@5cm |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, name in rows:
         if name is None:
-            lines.append(f"| {label} | | | | | {naive:.1f} s | 1.00 | {med('naive', 'cpu_s'):.1f} s | "
-                         f"{med('naive', 'rss') / 2**30:.2f} GiB |")
+            lines.append(f"| {label} | {frames} | | | | | {naive:.1f} s | 1.00 | {med('naive', 'cpu_s'):.1f} s | "
+                         f"{med('naive', 'rss') / 2**30:.2f} GiB | {f_cell('naive')} |")
             continue
         wall = med(name, "wall_s")
         fuse = f"{med(name, 'fuse'):.1f} s" + ("" if name == "warm" else
                                                f" ({med(name, 'integrate'):.1f} / {med(name, 'save'):.2f})")
-        lines.append(f"| {label} | {med(name, 'ingest'):.1f} s | {med(name, 'depth'):.1f} s | {fuse} | "
+        lines.append(f"| {label} | {results[name][0]['frames']} | {med(name, 'ingest'):.1f} s | "
+                     f"{med(name, 'depth'):.1f} s | {fuse} | "
                      f"{med(name, 'mesh'):.1f} s | {wall:.1f} s | **{median(ratios(name)):.2f}** "
                      f"({', '.join(f'{x:.2f}' for x in ratios(name))}) | "
-                     f"{med(name, 'cpu_s'):.1f} s | {med(name, 'rss') / 2**30:.2f} GiB |")
+                     f"{med(name, 'cpu_s'):.1f} s | {med(name, 'rss') / 2**30:.2f} GiB | "
+                     f"{f_cell(name if name != 'warm' else 'run_default')} |")
     return "\n".join(lines) + (
-        f"\n\n{frames}-frame synthetic capture (hard room, 1920x1440 HEVC video, 256x192 LiDAR), median of {repeats} "
+        f"\n\n{frames}-frame synthetic capture ({describe}), median of {repeats} "
         f"repeats (order alternated), `promptmesh -q run CAPTURE -o WORK --depth-model lidar` as a subprocess, "
         f"wall time including Python start-up; stage times from WORKDIR/timings.json; CPU time = user + system time of "
         f"the process (all threads: the work done, less sensitive to other people's jobs than wall time); peak RSS = the "
         f"process's own maximum resident set size. Machine: {machine_line()}; 1-minute load average {load_before} before, "
         f"{load_after} after (the machine is shared). `vs naive` = wall time / the naive script's wall time in the same "
-        f"repeat: the median, then each repeat (robust to the load changing between repeats).")
+        f"repeat: the median, then each repeat (robust to the load changing between repeats); culled F@5cm against the "
+        f"GT mesh, every mesh culled with the cameras of all {frames} frames.")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -156,6 +189,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--capture", type=Path, help="Stray capture to use (default: render one into --cache)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="folder for the capture and work directories")
     ap.add_argument("--frames", type=int, default=200, help="frames of the rendered capture")
+    ap.add_argument("--fps", type=float, default=30.0, help="frame rate of the rendered capture (one loop of the "
+                    "room in --frames frames)")
+    ap.add_argument("--width", type=int, default=1920, help="RGB width of the rendered capture")
+    ap.add_argument("--height", type=int, default=1440, help="RGB height of the rendered capture")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--write", action="store_true", help=f"write the table into {BENCHMARKS_MD} ('End to end')")
     ap.add_argument("--before", type=Path, help="a folder holding an older version's pipeline/ (e.g. from "
@@ -170,16 +207,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"naive: {n} triangles in {time.perf_counter() - t0:.1f} s")
         return 0
     setup_logging()
-    capture = args.capture or synthetic_capture(args.cache / f"room{args.frames}_1920x1440", args.frames, 1920, 1440)
-    work = args.cache / "run"
+    name = f"room{args.frames}_{args.width}x{args.height}" + (f"_{args.fps:g}fps" if args.fps != 30 else "")
+    capture = args.capture or synthetic_capture(args.cache / name, args.frames, args.width, args.height, fps=args.fps)
+    work = args.cache / "run" / name
     work.mkdir(parents=True, exist_ok=True)
     load_before = load_average()
     results = benchmark(capture, work, args.repeats, args.before)
-    text = table(results, args.frames, load_before, load_average(), args.repeats, args.before_label)
+    text = table(results, args.frames, load_before, load_average(), args.repeats, args.before_label,
+                 f"hard room, {args.width}x{args.height} HEVC video at {args.fps:g} fps, 256x192 LiDAR")
     print(text)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     if args.write:
-        write_table(BENCHMARKS_MD, "End to end", "bench_run.py", text)
+        default = (args.frames, args.fps, args.width, args.height) == (200, 30.0, 1920, 1440)
+        write_table(BENCHMARKS_MD, "End to end", "bench_run.py" if default else f"bench_run.py {name}", text)
     return 0
 
 

@@ -289,7 +289,7 @@ def closeup_scene() -> Scene:
     book = Material("book_stripes", (0.15, 0.30, 0.65), (0.90, 0.85, 0.60), "stripes", 0.008)
     cube = Material("cube_checker", (0.90, 0.85, 0.20), (0.20, 0.50, 0.30), "checker", 0.01)
     pen = Material("pen", (0.10, 0.10, 0.12), specular=0.4)
-    _room_shell(b, (-1.5, 1.5), (0.0, 2.5), (-0.45, 2.0), FLOOR, CEILING,
+    _room_shell(b, (-0.8, 0.8), (0.0, 1.6), (-0.45, 0.8), FLOOR, CEILING,
                 {"-x": WALL_PLAIN, "+x": WALL_PLAIN, "-z": fine_wall, "+z": WALL_PLAIN})
     b.box((-0.7, 0.0, -0.45), (0.7, 0.75, 0.2), desk)  # the desk, against the -z wall
     b.cylinder((0.0, 0.75, -0.15), (0.0, 0.85, -0.15), 0.04, mug, segments=32)
@@ -297,7 +297,7 @@ def closeup_scene() -> Scene:
     b.box((-0.19, 0.75, -0.26), (-0.07, 0.78, -0.08), book)
     b.cylinder((0.07, 0.754, -0.02), (0.19, 0.754, -0.06), 0.004, pen, segments=12)
     b.box((0.09, 0.75, -0.32), (0.16, 0.82, -0.25), cube)
-    return b.build("closeup", light_position=np.array([0.2, 1.6, 0.6]), walk_centre_xz=(0.0, -0.15),
+    return b.build("closeup", light_position=np.array([0.2, 1.5, 0.5]), walk_centre_xz=(0.0, -0.15),
                    walk_radii_m=(0.25, 0.25), eye_height_m=0.93, look_height_m=0.79,
                    orbit_target=(0.0, 0.79, -0.15), orbit_arc_deg=92.0)
 
