@@ -1,6 +1,6 @@
 """Typed, frozen configuration per stage, loaded from TOML (configs/default.toml) with tomllib.
 
-A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval]); a key that is not
+A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval], [view]); a key that is not
 a field of that stage's dataclass is an error naming the file and the key. CLI options override
 single fields (`dataclasses.replace`). Every field states its unit.
 """
@@ -103,12 +103,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    target_triangles: int = 500_000
+    """Triangles of the viewer's mesh when it is a decimated copy of mesh.ply (used when there is no AR export,
+    export/ar/mesh.glb); 0 = all. Half a million draws smoothly on integrated graphics."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 def _coerce(path: Path, section: str, key: str, value: Any, typ: Any) -> Any:
@@ -176,6 +184,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (all(f in ("ply", "obj", "glb") for f in cfg.mesh.formats) and cfg.mesh.formats,
          "mesh.formats must list some of ply, obj, glb"),
         (cfg.eval.threshold_m > 0 and cfg.eval.downsample_m > 0, "eval thresholds must be > 0"),
+        (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:
         if not ok:
