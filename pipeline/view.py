@@ -29,13 +29,15 @@ from typing import Optional
 
 import numpy as np
 
-from . import mesh as mesh_stage
 from .artifacts import (Manifest, atomic_write_bytes, atomic_write_text, fingerprint, invalidate, is_current,
                         source_fingerprint)
 from .capture import CaptureTable
 from .compare import TABLE_COLUMNS
 from .config import ViewConfig
 from .errors import PromptmeshError
+from .export.gltf import write_glb
+from .export.simplify import decimate_in_passes
+from .mesh import read_ply
 from .poses import fused_camera_to_world
 from .workdir import WorkDir
 
@@ -82,9 +84,10 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     shutil.copyfile(ASSETS / "viewer.js", out / "viewer.js")
     mesh_facts = _write_mesh(source, out / MESH_NAME, cfg, from_ar=source != wd.mesh("ply"))
     figures = _copy_figures(wd, out / "figures")
+    start = _start_view(wd, _mesh_offset_m(wd, source))
     page = string.Template((ASSETS / "index.html").read_text()).substitute(
         title=html.escape(f"promptmesh: {wd.root.resolve().name}"),
-        data=json.dumps({"mesh": MESH_NAME, "start": _start_view(wd)}).replace("</", "<\\/"),
+        data=json.dumps({"mesh": MESH_NAME, "start": start}).replace("</", "<\\/"),
         capture=_facts_table(_capture_facts(wd) + mesh_facts),
         scores=_scores_html(wd),
         compare=_compare_html(wd, figures),
@@ -109,16 +112,17 @@ def _write_mesh(source: Path, dst: Path, cfg: ViewConfig, from_ar: bool) -> list
     if from_ar:
         atomic_write_bytes(dst, source.read_bytes())
         return [("mesh", "AR export (textured), export/ar/mesh.glb")]
-    full = mesh_stage.read_ply(source)
-    shown = mesh_stage.decimate(full, cfg.target_triangles)
-    mesh_stage.export(shown, dst)
+    full = read_ply(source)
+    shown = decimate_in_passes(full, cfg.target_triangles)
+    write_glb(dst, shown.vertices, shown.triangles, colors_rgb8=shown.colors)
     return [("mesh", "mesh.ply" if len(shown.triangles) == len(full.triangles) else "mesh.ply, decimated"),
             ("triangles", f"{len(shown.triangles):,} of {len(full.triangles):,}")]
 
 
-def _start_view(wd: WorkDir) -> Optional[dict]:
-    """Where the page opens: the middle frame's camera (fused pose) with its vertical field of view, as
-    eye, forward and up vectors in the world frame; None without a capture (the page then fits the mesh)."""
+def _start_view(wd: WorkDir, offset_m: np.ndarray) -> Optional[dict]:
+    """Where the page opens: the middle frame's camera (fused pose, moved by `offset_m` like the mesh) with its
+    vertical field of view, as eye position and forward vector in the mesh's frame (the page keeps +y up); None without a capture (the
+    page then fits the whole mesh)."""
     if not wd.frames_parquet.exists():
         return None
     table = CaptureTable.load(wd.capture)
@@ -126,8 +130,16 @@ def _start_view(wd: WorkDir) -> Optional[dict]:
     camera_to_world = fused_camera_to_world(wd, table)[i]
     R = camera_to_world[:3, :3]  # OpenCV camera axes: x right, y down, z forward
     vfov_deg = float(np.degrees(2 * np.arctan2(table.height[i] / 2, table.K_rgb[i, 1, 1])))
-    return {"eye": camera_to_world[:3, 3].tolist(), "forward": R[:, 2].tolist(), "up": (-R[:, 1]).tolist(),
+    return {"eye": (camera_to_world[:3, 3] + offset_m).tolist(), "forward": R[:, 2].tolist(),
             "vfov_deg": round(vfov_deg, 3), "frame": table.stem(i)}
+
+
+def _mesh_offset_m(wd: WorkDir, source: Path) -> np.ndarray:
+    """(3,) translation of the page's mesh from the capture's world: the AR export's recentring, else 0."""
+    if source != ar_mesh(wd):
+        return np.zeros(3)
+    manifest = Manifest.read(source.parent)
+    return np.asarray((manifest.summary if manifest else {}).get("recenter_offset_m", [0.0, 0.0, 0.0]), np.float64)
 
 
 def _capture_facts(wd: WorkDir) -> list[tuple[str, str]]:

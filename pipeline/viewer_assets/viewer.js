@@ -189,6 +189,7 @@ loader.load(data.mesh, (gltf) => {
     measuring = true;
     for (const xy of pick.split(';')) pickAt(...xy.split(',').map(Number));
   }
+  document.body.dataset.viewport = `${window.innerWidth}x${window.innerHeight}`;
   document.body.dataset.ready = '1';
 }, undefined, (error) => {
   statusLine.textContent = `could not load ${data.mesh}: ${error.message || error}`;
