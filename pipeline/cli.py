@@ -243,6 +243,43 @@ def mesh(workdir, config_path, formats, force):
         click.echo(f"mesh: {p}")
 
 
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--preset", required=True, type=click.Choice(["ar", "nerfstudio"]),
+              help="ar = light textured mesh.glb, mesh.usdz, mesh.obj for AR / digital-twin tools; nerfstudio = "
+                   "transforms.json with images and depth.")
+@opt_config
+@click.option("--target-triangles", type=click.IntRange(min=0),
+              help="ar: decimate to at most this many triangles; 0 = keep all. [default: 300000]")
+@click.option("--texture-size", "texture_size_px", type=click.IntRange(min=16, max=16384),
+              help="ar: edge of the square texture baked from the frames, pixels. [default: 4096]")
+@click.option("--recenter/--no-recenter", default=None,
+              help="ar: floor at y = 0 and the floor plan's centre at the origin (for AR placement) instead of "
+                   "the capture's world coordinates. [default: no-recenter]")
+@opt_force
+@_guard
+def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, force):
+    """Export the finished mesh of WORKDIR for other tools into WORKDIR/export/<preset>/.
+
+    Never deletes mesh.ply or another preset's files; reruns only when the mesh or a setting changed.
+
+    \b
+    Example:
+      promptmesh export work/room --preset ar
+    """
+    from . import export as stage
+    from .artifacts import WorkdirLock
+    from .export.source import mesh_fingerprint
+
+    mesh_fingerprint(workdir)  # a missing mesh is reported before the lock creates WORKDIR
+    cfg = override(load_config(config_path), "export", target_triangles=target_triangles,
+                   texture_size_px=texture_size_px, recenter=recenter)
+    with WorkdirLock(workdir):
+        paths = stage.run(cfg.export, workdir, preset, force=force)
+    for p in paths:
+        click.echo(f"export: {p}")
+
+
 @cli.command(name="eval")
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--gt-mesh", required=True, type=click.Path(dir_okay=False, path_type=Path),
