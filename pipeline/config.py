@@ -1,7 +1,7 @@
 """Typed, frozen configuration per stage, loaded from TOML (configs/default.toml) with tomllib.
 
-A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval], [export]); a key that is not
-a field of that stage's dataclass is an error naming the file and the key. CLI options override
+A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval], [export], [view]); a key
+that is not a field of that stage's dataclass is an error naming the file and the key. CLI options override
 single fields (`dataclasses.replace`). Every field states its unit.
 """
 from __future__ import annotations
@@ -127,6 +127,13 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class ViewConfig:
+    target_triangles: int = 500_000
+    """Triangles of the viewer's mesh when it is a decimated copy of mesh.ply (used when there is no AR export,
+    export/ar/mesh.glb); 0 = all. Half a million draws smoothly on integrated graphics."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
@@ -134,6 +141,7 @@ class PipelineConfig:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 def _coerce(path: Path, section: str, key: str, value: Any, typ: Any) -> Any:
@@ -208,6 +216,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.export.padding_px >= 0, "export.padding_px must be >= 0"),
         (cfg.export.depth_test_long_side_px >= 16, "export.depth_test_long_side_px must be >= 16"),
         (0 <= cfg.export.texture_jpeg_quality <= 100, "export.texture_jpeg_quality must be in [0, 100]"),
+        (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:
         if not ok:
