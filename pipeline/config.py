@@ -118,6 +118,9 @@ class ExportConfig:
     padding_px: int = 4
     """Texels by which each UV chart's colours are dilated into the empty atlas around it (hides seams in
     mipmaps and bilinear lookups), pixels."""
+    point_cloud_points: int = 200_000
+    """nerfstudio: vertices of the mesh (with colours) written to sparse_pc.ply, where splatfacto starts its
+    Gaussians; 0 = no point cloud."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.export.bake_frame_stride >= 1, "export.bake_frame_stride must be >= 1"),
         (cfg.export.occlusion_tolerance_m > 0, "export.occlusion_tolerance_m must be > 0 metres"),
         (cfg.export.padding_px >= 0, "export.padding_px must be >= 0"),
+        (cfg.export.point_cloud_points >= 0, "export.point_cloud_points must be >= 0 (0 = no point cloud)"),
         (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:

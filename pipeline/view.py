@@ -20,7 +20,6 @@ import html
 import http.server
 import json
 import logging
-import shutil
 import string
 import time
 from functools import partial
@@ -81,7 +80,7 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     t0 = time.perf_counter()
     invalidate(out)
     _copy_tree(ASSETS / "three", out / "three")
-    shutil.copyfile(ASSETS / "viewer.js", out / "viewer.js")
+    atomic_write_bytes(out / "viewer.js", (ASSETS / "viewer.js").read_bytes())
     mesh_facts = _write_mesh(source, out / MESH_NAME, cfg, from_ar=source != wd.mesh("ply"))
     figures = _copy_figures(wd, out / "figures")
     start = _start_view(wd, _mesh_offset_m(wd, source))
