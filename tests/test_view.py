@@ -95,6 +95,7 @@ def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
     for text in ("0.854", "0.730", "0.901", "0.812", "1.23", "2.34",  # F, precision, recall, Acc / Comp in cm
                  "stray", "3 of 7", "promptda-vits", "640×480", "1 cm", "mesh.ply, decimated"):
         assert text in page, text
+    assert "<th>F-score</th>" in page and "<th>Precision</th>" in page
     assert re.search(r'id="scores-culled">.*0\.854', page) and re.search(r'id="scores-unculled">.*0\.730', page)
     # everything the page loads lies beside it: no URL with a scheme, every reference resolves in view/
     js = (index.parent / "viewer.js").read_text()
