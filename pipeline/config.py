@@ -124,6 +124,9 @@ class ExportConfig:
     size)."""
     texture_jpeg_quality: int = 90
     """JPEG quality (0-100) of the baked texture (texture.jpg, also embedded in mesh.glb and mesh.usdz)."""
+    point_cloud_points: int = 200_000
+    """nerfstudio: vertices of the mesh (with colours) written to sparse_pc.ply, where splatfacto starts its
+    Gaussians; 0 = no point cloud."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.export.padding_px >= 0, "export.padding_px must be >= 0"),
         (cfg.export.depth_test_long_side_px >= 16, "export.depth_test_long_side_px must be >= 16"),
         (0 <= cfg.export.texture_jpeg_quality <= 100, "export.texture_jpeg_quality must be in [0, 100]"),
+        (cfg.export.point_cloud_points >= 0, "export.point_cloud_points must be >= 0 (0 = no point cloud)"),
         (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:

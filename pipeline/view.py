@@ -20,7 +20,6 @@ import html
 import http.server
 import json
 import logging
-import shutil
 import string
 import time
 from functools import partial
@@ -47,7 +46,8 @@ STAGE = "view"
 ASSETS = Path(__file__).parent / "viewer_assets"
 """index.html (template), viewer.js and three/ (vendored three.js)."""
 MESH_NAME = "mesh.glb"
-SCORE_COLUMNS = [(h, key, scale, fmt) for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
+SCORE_COLUMNS = [({"Prec": "Precision", "F": "F-score"}.get(h, h), key, scale, fmt)
+                 for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
 """(header, key, scale, format) of eval.json's culled / unculled sections, as the compare report shows them."""
 DEPTH_COLUMNS = [(h, key, scale, fmt) for h, section, key, scale, fmt in TABLE_COLUMNS if section == "depth"]
 
@@ -81,7 +81,7 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     t0 = time.perf_counter()
     invalidate(out)
     _copy_tree(ASSETS / "three", out / "three")
-    shutil.copyfile(ASSETS / "viewer.js", out / "viewer.js")
+    atomic_write_bytes(out / "viewer.js", (ASSETS / "viewer.js").read_bytes())
     mesh_facts = _write_mesh(source, out / MESH_NAME, cfg, from_ar=source != wd.mesh("ply"))
     figures = _copy_figures(wd, out / "figures")
     start = _start_view(wd, _mesh_offset_m(wd, source))

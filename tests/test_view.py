@@ -95,6 +95,7 @@ def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
     for text in ("0.854", "0.730", "0.901", "0.812", "1.23", "2.34",  # F, precision, recall, Acc / Comp in cm
                  "stray", "3 of 7", "promptda-vits", "640×480", "1 cm", "mesh.ply, decimated"):
         assert text in page, text
+    assert "<th>F-score</th>" in page and "<th>Precision</th>" in page
     assert re.search(r'id="scores-culled">.*0\.854', page) and re.search(r'id="scores-unculled">.*0\.730', page)
     # everything the page loads lies beside it: no URL with a scheme, every reference resolves in view/
     js = (index.parent / "viewer.js").read_text()
@@ -220,3 +221,25 @@ def test_chromium_measures_between_two_picked_points_in_metres(tmp_path):
 def test_view_without_mesh_raises(tmp_path):
     with pytest.raises(PromptmeshError, match="no mesh to show"):
         view.run(ViewConfig(), tmp_path)
+
+
+@needs_chromium
+def test_chromium_shows_a_textured_ar_export(tmp_path):
+    """An AR export textured like the wall (glTF UV (0, 0) at the image's top-left): the texture reaches the
+    screen through the page's TextureLoader (createImageBitmap never resolves under SwiftShader) unchanged."""
+    wd = make_workdir(tmp_path)
+    mesh = wall(8)
+    uv = np.stack([(mesh.vertices[:, 0] - WALL_X_M[0]) / 3.0, (WALL_Y_M[1] - mesh.vertices[:, 1]) / 3.0], 1)
+    n = 64
+    centres = (np.arange(n) + 0.5) / n
+    texture = np.rint([[wall_colour(WALL_X_M[0] + 3 * u, WALL_Y_M[1] - 3 * v) for u in centres] for v in centres])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(texture.astype(np.uint8), cv2.COLOR_RGB2BGR))
+    write_glb(view.ar_mesh(wd), mesh.vertices, mesh.triangles, uv=uv, texture=png.tobytes(), texture_mime="image/png")
+    index = view.run(ViewConfig(), tmp_path)
+    png_path = tmp_path / "shot.png"
+    with serving(index.parent) as base:
+        chromium(base + "index.html", screenshot=png_path, window_wh=(1000, 700))
+    shot = cv2.cvtColor(cv2.imread(str(png_path)), cv2.COLOR_BGR2RGB).astype(int)
+    h, w = shot.shape[:2]
+    np.testing.assert_allclose(shot[h // 2, w // 2], wall_colour(0.0, 1.5), atol=5)
+    np.testing.assert_allclose(shot[h // 4, w // 2], wall_colour(0.0, 1.5 + TAN_HALF_VFOV), atol=5)
