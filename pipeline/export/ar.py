@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 PRESET = "ar"
 TEXTURE_NAME = "texture.jpg"
 NAMES = ["mesh.glb", "mesh.usdz", "mesh.obj", "mesh.mtl", TEXTURE_NAME]
+SETTINGS = ("target_triangles", "texture_size_px", "recenter", "bake_frame_stride", "occlusion_tolerance_m",
+            "padding_px", "depth_test_long_side_px", "texture_jpeg_quality")
+"""The ExportConfig fields this preset uses (its fingerprint: another preset's settings do not redo it)."""
 FLOOR_PERCENTILE = 2.0
 """`recenter` puts this percentile of the vertices' y (robust to a few stray points below the floor) at 0."""
 
@@ -104,7 +107,8 @@ def run(cfg: ExportConfig, workdir: Path, force: bool = False) -> list[Path]:
 
     wd = WorkDir(workdir)
     out = wd.export(PRESET)
-    stamp = fingerprint(f"export-{PRESET}", cfg, [mesh_fingerprint(wd)])
+    settings = {name: getattr(cfg, name) for name in SETTINGS}
+    stamp = fingerprint(f"export-{PRESET}", settings, [mesh_fingerprint(wd)])
     paths = [out / n for n in NAMES]
     if not force and is_current(out, stamp):
         log.info("export %s: up to date (%s)", PRESET, out)
@@ -138,7 +142,7 @@ def run(cfg: ExportConfig, workdir: Path, force: bool = False) -> list[Path]:
                "texels_seen_share": round(seen, 4), "recenter_offset_m": offset.round(6).tolist(),
                "seconds_decimate": round(t_decimate, 3), "seconds": round(seconds, 3),
                "bytes": {n: (out / n).stat().st_size for n in NAMES}}
-    Manifest(f"export-{PRESET}", stamp, outputs=NAMES, settings={"cfg": cfg}, summary=summary).write(out)
+    Manifest(f"export-{PRESET}", stamp, outputs=NAMES, settings=settings, summary=summary).write(out)
     log.info("export %s: %d -> %d triangles (distance to full mesh: mean %.4f m, p95 %.4f m), %d px texture "
              "(%.0f %% of texels seen by a frame) in %.1f s -> %s", PRESET, len(full.triangles), len(triangles),
              mean_m, p95_m, cfg.texture_size_px, 100 * seen, seconds, out)
