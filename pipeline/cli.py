@@ -405,6 +405,42 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
     click.echo(f"benchmark: {path}")
 
 
+@cli.command()
+@click.argument("workdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8000, default=None,
+              metavar="[PORT]", help="Then serve WORKDIR/view/ on http://127.0.0.1:PORT/ until Ctrl-C (browsers refuse "
+                                     "to load the mesh from file:// URLs). [PORT default: 8000; 0 = any free port]")
+@opt_config
+@opt_force
+@_guard
+def view(workdir, serve_port, config_path, force):
+    """Write WORKDIR/view/index.html: the mesh (the AR export's textured GLB when present, else a decimated copy
+    of mesh.ply) with orbit controls and a measuring tool (metres), the eval scores, the compare report's figures
+    and the capture's facts. Offline: everything it loads lies beside it.
+
+    \b
+    Example:
+      promptmesh view work/room --serve
+    """
+    from . import view as stage
+    from .artifacts import WorkdirLock
+
+    cfg = _build_config(config_path)
+    with WorkdirLock(workdir):
+        index = stage.run(cfg.view, workdir, force=force)
+    click.echo(f"view: {index}")
+    if serve_port is None:
+        return
+    httpd = stage.server(index.parent, serve_port)
+    click.echo(f"serving {index.parent} at http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C to stop)")
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
+
+
 def _depth_model_list(text: str) -> list[str]:
     """'lidar, guided' -> ['lidar', 'guided']; PromptmeshError for unknown names (auto is not a model)."""
     models = [m.strip() for m in text.split(",") if m.strip()]

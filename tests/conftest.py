@@ -38,8 +38,11 @@ if "huggingface_hub" in sys.modules:  # imported before this file (a plugin): po
 
 
 @pytest.fixture(autouse=True)
-def _restore_pipeline_logger():
+def restore_pipeline_logger():
+    """The CLI configures the `pipeline` logger (its own handler, no propagation), which would hide log lines
+    from caplog in the tests after a CLI test: put it back after each test."""
     logger = logging.getLogger("pipeline")
-    saved = list(logger.handlers), logger.propagate, logger.level
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
     yield
-    logger.handlers[:], logger.propagate, logger.level = saved[0], saved[1], saved[2]
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level
