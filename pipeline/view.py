@@ -46,7 +46,7 @@ STAGE = "view"
 ASSETS = Path(__file__).parent / "viewer_assets"
 """index.html (template), viewer.js and three/ (vendored three.js)."""
 MESH_NAME = "mesh.glb"
-SCORE_COLUMNS = [({"Prec": "Precision", "F": "F-score"}.get(h, h), key, scale, fmt)
+SCORE_COLUMNS = [({"Prec": "Precision"}.get(h, h), key, scale, fmt)
                  for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
 """(header, key, scale, format) of eval.json's culled / unculled sections, as the compare report shows them."""
 DEPTH_COLUMNS = [(h, key, scale, fmt) for h, section, key, scale, fmt in TABLE_COLUMNS if section == "depth"]
