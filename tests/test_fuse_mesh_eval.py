@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import struct
 from pathlib import Path
 
 import cv2
@@ -23,6 +22,7 @@ from pipeline.artifacts import Manifest, write_png_atomic
 from pipeline.capture import CaptureTable, FrameRow, write_frames_table
 from pipeline.config import EvalConfig, FuseConfig, MeshConfig
 from pipeline.errors import PromptmeshError
+from pipeline.export.gltf import read_glb
 from pipeline.geometry import scale_intrinsics
 from pipeline.ingest import depth_m_to_mm
 
@@ -172,20 +172,19 @@ def test_exports_reload_with_same_vertices_and_colours(room):
     workdir, res = room
     assert res["meshes"] == [workdir / "mesh.ply", workdir / "mesh.obj", workdir / "mesh.glb"]
     ref = trimesh.load(workdir / "mesh.ply", process=False)
-    for name in ("mesh.obj", "mesh.glb"):
-        other = trimesh.load(workdir / name, force="mesh", process=False)
-        assert len(other.vertices) == len(ref.vertices), name
-        assert len(other.faces) == len(ref.faces), name
-        np.testing.assert_allclose(other.vertices, ref.vertices, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(other.visual.vertex_colors)[:, :3],
-                                   np.asarray(ref.visual.vertex_colors)[:, :3], atol=1)
-    # the GLB is glTF 2.0 with per-vertex colours and normals (what viewers need for shading)
-    glb = (workdir / "mesh.glb").read_bytes()
-    magic, version, length = struct.unpack("<4sII", glb[:12])
-    chunk_length = struct.unpack("<I", glb[12:16])[0]
-    gltf = json.loads(glb[20:20 + chunk_length])
-    assert (magic, version, length) == (b"glTF", 2, len(glb))
-    assert {"POSITION", "COLOR_0", "NORMAL"} <= set(gltf["meshes"][0]["primitives"][0]["attributes"])
+    obj = trimesh.load(workdir / "mesh.obj", force="mesh", process=False)
+    assert (len(obj.vertices), len(obj.faces)) == (len(ref.vertices), len(ref.faces))
+    np.testing.assert_allclose(obj.vertices, ref.vertices, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(obj.visual.vertex_colors)[:, :3],
+                               np.asarray(ref.visual.vertex_colors)[:, :3], atol=1)
+    # the GLB is glTF 2.0 with per-vertex colours and unit normals, and opens in trimesh
+    gltf, arrays, _ = read_glb(workdir / "mesh.glb")
+    assert {"POSITION", "COLOR_0", "NORMAL"} <= set(arrays)
+    np.testing.assert_allclose(arrays["POSITION"], ref.vertices, atol=1e-5)
+    np.testing.assert_array_equal(arrays["indices"], ref.faces)
+    np.testing.assert_array_equal(arrays["COLOR_0"][:, :3], np.asarray(ref.visual.vertex_colors)[:, :3])
+    np.testing.assert_allclose(np.linalg.norm(arrays["NORMAL"], axis=1), 1, atol=1e-5)
+    assert len(trimesh.load(workdir / "mesh.glb", force="mesh", process=False).faces) == len(ref.faces)
     manifest = Manifest.read(mesh.mesh_dir(workdir))
     assert manifest.outputs == ["../mesh.ply", "../mesh.obj", "../mesh.glb"]
     assert manifest.summary["vertices"] == len(ref.vertices)
@@ -256,9 +255,18 @@ def test_out_dir_keeps_variants_apart(room, tmp_path):
     ev = json.loads(evaluate.run(EVAL, workdir, gt_mesh=workdir / "gt_room.ply", out_dir=out).read_text())
     assert ev["culled"]["fscore"] > 0.95
     assert Manifest.read(mesh.mesh_dir(out)).outputs == ["../mesh.ply"]
-    # exports of a format no longer asked for are removed with the rerun, not left stale
-    mesh.run(MeshConfig(formats=("glb",)), workdir, out_dir=out)
-    assert (out / "mesh.glb").exists() and not (out / "mesh.ply").exists()
+    # another format of the same mesh is added without redoing it; mesh.ply (which eval read) stays
+    ply_mtime = (out / "mesh.ply").stat().st_mtime_ns
+    assert mesh.run(MeshConfig(formats=("glb",)), workdir, out_dir=out) == [out / "mesh.ply", out / "mesh.glb"]
+    assert (out / "mesh.ply").stat().st_mtime_ns == ply_mtime
+    assert sorted(Manifest.read(mesh.mesh_dir(out)).outputs) == ["../mesh.glb", "../mesh.ply"]
+    assert len(trimesh.load(out / "mesh.glb", force="mesh").faces) == len(mesh.read_ply(out / "mesh.ply").triangles)
+    eval_mtime = (out / "eval.json").stat().st_mtime_ns
+    evaluate.run(EVAL, workdir, gt_mesh=workdir / "gt_room.ply", out_dir=out)
+    assert (out / "eval.json").stat().st_mtime_ns == eval_mtime  # the mesh did not change: eval is up to date
+    # a changed mesh removes the old one's other formats (stale) and keeps only what it rewrote
+    mesh.run(MeshConfig(min_component_triangles=1), workdir, out_dir=out)
+    assert (out / "mesh.ply").exists() and not (out / "mesh.glb").exists()
 
 
 # --------------------------------------------------------------------------- pieces
