@@ -136,8 +136,12 @@ def test_rerun_is_up_to_date_and_a_new_eval_rewrites_the_page(tmp_path):
     manifest_ns = Manifest.path_in(wd.view).stat().st_mtime_ns
     view.run(ViewConfig(), tmp_path)
     assert Manifest.path_in(wd.view).stat().st_mtime_ns == manifest_ns
+    mesh_ns = (wd.view / "mesh.glb").stat().st_mtime_ns
     wd.eval_json.write_text(json.dumps(EVAL))
     assert "0.854" in view.run(ViewConfig(), tmp_path).read_text()
+    assert (wd.view / "mesh.glb").stat().st_mtime_ns == mesh_ns  # new scores, same mesh: not decimated again
+    assert "mesh.ply, decimated" in view.run(ViewConfig(target_triangles=1000), tmp_path).read_text()
+    assert (wd.view / "mesh.glb").stat().st_mtime_ns != mesh_ns
 
 
 def test_ar_export_is_preferred_and_copied_unchanged(tmp_path):
