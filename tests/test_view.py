@@ -257,3 +257,12 @@ def test_chromium_shows_a_textured_ar_export(tmp_path):
     h, w = shot.shape[:2]
     np.testing.assert_allclose(shot[h // 2, w // 2], wall_colour(0.0, 1.5), atol=5)
     np.testing.assert_allclose(shot[h // 4, w // 2], wall_colour(0.0, 1.5 + TAN_HALF_VFOV), atol=5)
+
+
+def test_serving_on_a_taken_port_is_one_line_error(tmp_path):
+    first = view.server(tmp_path, 0)
+    try:
+        with pytest.raises(PromptmeshError, match=rf"127\.0\.0\.1:{first.server_address[1]}: cannot serve there"):
+            view.server(tmp_path, first.server_address[1])
+    finally:
+        first.server_close()
