@@ -97,7 +97,8 @@ def nerfstudio_points(meta: dict, frame: dict, depth_m: np.ndarray) -> np.ndarra
     intr = {k: frame.get(k, meta.get(k)) for k in ("fl_x", "fl_y", "cx", "cy")}
     i, j = np.nonzero(depth_m > 0)
     z = depth_m[i, j]
-    dirs = np.stack([(j + 0.5 - intr["cx"]) / intr["fl_x"], -(i + 0.5 - intr["cy"]) / intr["fl_y"], -np.ones_like(z)], 1)
+    x, y = (j + 0.5 - intr["cx"]) / intr["fl_x"], -(i + 0.5 - intr["cy"]) / intr["fl_y"]
+    dirs = np.stack([x, y, -np.ones_like(z)], 1)
     T = np.asarray(frame["transform_matrix"])
     return T[:3, 3] + (dirs * z[:, None]) @ T[:3, :3].T
 
