@@ -55,7 +55,7 @@ def textured_room(tmp_path_factory):
 
 def frames(workdir: Path, rows=None):
     """(rgb, K, camera_to_world) of the work directory's frames (every one, or `rows`)."""
-    table = CaptureTable.load(WorkDir(workdir).capture)
+    table = CaptureTable.load(workdir)
     for i in range(len(table)) if rows is None else rows:
         rgb = cv2.cvtColor(cv2.imread(str(table.root / table.rgb_path[i])), cv2.COLOR_BGR2RGB)
         yield rgb, table.K_rgb[i], table.camera_to_world[i]
