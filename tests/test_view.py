@@ -172,6 +172,13 @@ def test_compare_figures_are_copied_and_listed(tmp_path):
     assert "0.911" in page and "no weights" in page and "<th>guided</th>" in page
 
 
+def test_cli_target_triangles_reaches_the_mesh(tmp_path):
+    wd = make_workdir(tmp_path)
+    result = CliRunner().invoke(cli, ["view", str(tmp_path), "--target-triangles", "500"])
+    assert result.exit_code == 0 and f"view: {wd.view / 'index.html'}" in result.output
+    assert 400 <= glb_triangles(wd.view / "mesh.glb") <= 500
+
+
 def test_cli_without_mesh_is_one_line_error(tmp_path):
     result = CliRunner().invoke(cli, ["view", str(tmp_path)])
     assert result.exit_code == 1
