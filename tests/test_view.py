@@ -273,3 +273,11 @@ def test_serving_on_a_taken_port_is_one_line_error(tmp_path):
             view.server(tmp_path, first.server_address[1])
     finally:
         first.server_close()
+
+
+@needs_chromium
+def test_page_opened_as_a_file_says_to_serve_it(tmp_path):
+    make_workdir(tmp_path)
+    dom = chromium(view.run(ViewConfig(), tmp_path).as_uri())
+    assert "promptmesh view WORKDIR --serve" in re.search(r'<p id="status"[^>]*>([^<]*)</p>', dom).group(1)
+    assert "0.854" in dom  # the scores are there all the same
