@@ -16,6 +16,7 @@ import click
 
 from .config import DEPTH_MODELS, PipelineConfig, load_config, override
 from .errors import PromptmeshError
+from .workdir import WorkDir
 
 log = logging.getLogger("pipeline")
 
@@ -178,7 +179,8 @@ def ingest(capture, workdir, config_path, stride, max_frames, no_blur_select, fo
     with WorkdirLock(workdir):
         path = stage.run(cfg.ingest, capture, workdir, force=force)
     click.echo(f"capture: {path}")
-    click.echo(f"frames:  {stage.summary_line(Manifest.read(path.parent).summary, path.parent)}")
+    capture_dir = WorkDir(workdir).capture
+    click.echo(f"frames:  {stage.summary_line(Manifest.read(capture_dir).summary, capture_dir)}")
 
 
 ingest.help += "\n\n" + CAPTURE_HELP

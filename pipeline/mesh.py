@@ -22,7 +22,6 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -31,20 +30,12 @@ from scipy.sparse.csgraph import connected_components
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
 from .config import MeshConfig
 from .errors import PromptmeshError
-from .fuse import fuse_dir, load_grid
+from .fuse import load_grid
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 STAGE = "mesh"
-
-
-def mesh_dir(out_dir: Path) -> Path:
-    """Where the mesh stage's manifest lives (the meshes themselves are OUT/mesh.<fmt>)."""
-    return Path(out_dir) / "mesh"
-
-
-def mesh_path(out_dir: Path, fmt: str) -> Path:
-    return Path(out_dir) / f"mesh.{fmt}"
 
 
 @dataclass
@@ -236,18 +227,18 @@ def read_ply(path: Path) -> MeshArrays:
                       np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8))
 
 
-def run(cfg: MeshConfig, workdir: Path, out_dir: Optional[Path] = None, force: bool = False) -> list[Path]:
-    """Extract, clean and export the mesh of OUT/fuse/ (OUT = out_dir or workdir); returns [OUT/mesh.ply, then
+def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path]:
+    """Extract, clean and export the mesh of OUT/fuse/ (OUT = the WorkDir's `out`); returns [OUT/mesh.ply, then
     OUT/mesh.<fmt> of the other cfg.formats].
 
     mesh.ply is always written. Asking for another format of an up-to-date mesh adds that file and keeps the
     others; only a changed mesh (settings or upstream) removes the files of the old one it does not rewrite."""
-    out_dir = Path(out_dir if out_dir is not None else workdir)
-    mdir = mesh_dir(out_dir)
-    upstream = upstream_fingerprint(fuse_dir(out_dir), "fuse")
+    wd = WorkDir(workdir)
+    mdir = wd.mesh_stage
+    upstream = upstream_fingerprint(wd.fuse, "fuse")
     stamp = fingerprint(STAGE, dataclasses.replace(cfg, formats=()), [upstream])  # the files asked for: not the mesh
     formats = ["ply"] + [f for f in cfg.formats if f != "ply"]  # mesh.ply, the measurable mesh, always
-    paths = [mesh_path(out_dir, fmt) for fmt in formats]
+    paths = [wd.mesh(fmt) for fmt in formats]
     current = None if force else is_current(mdir, stamp)
     if current is not None:
         missing = [p for p in paths if f"../{p.name}" not in current.outputs]
@@ -268,12 +259,12 @@ def run(cfg: MeshConfig, workdir: Path, out_dir: Optional[Path] = None, force: b
     t0 = time.perf_counter()
     previous = Manifest.read(mdir)
     invalidate(mdir)
-    mesh = extract(load_grid(out_dir), cfg.weight_threshold)
+    mesh = extract(load_grid(wd), cfg.weight_threshold)
     n_extracted = len(mesh.triangles)
     mesh, n_pieces_removed = remove_small_components(mesh, cfg.min_component_triangles)
     mesh = decimate(mesh, cfg.target_triangles)
     if len(mesh.triangles) == 0:
-        raise PromptmeshError(f"{fuse_dir(out_dir)}: no surface with weight >= {cfg.weight_threshold} and pieces of "
+        raise PromptmeshError(f"{wd.fuse}: no surface with weight >= {cfg.weight_threshold} and pieces of "
                               f">= {cfg.min_component_triangles} triangles ({n_extracted} extracted); lower "
                               "mesh.weight_threshold / mesh.min_component_triangles or check depth and poses")
     for p in paths:

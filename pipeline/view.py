@@ -58,7 +58,7 @@ def ar_mesh(wd: WorkDir) -> Path:
 
 
 def _compare_json(wd: WorkDir) -> Path:
-    return wd.root / "compare.json"
+    return wd.compare_json
 
 
 def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
@@ -133,7 +133,7 @@ def _start_view(wd: WorkDir, offset_m: np.ndarray) -> Optional[dict]:
     None without a capture (the page then fits the whole mesh)."""
     if not wd.frames_parquet.exists():
         return None
-    table = CaptureTable.load(wd.capture)
+    table = CaptureTable.load(wd)
     i = len(table) // 2
     camera_to_world = fused_camera_to_world(wd, table)[i]
     R = camera_to_world[:3, :3]  # OpenCV camera axes: x right, y down, z forward
@@ -158,7 +158,7 @@ def _capture_facts(wd: WorkDir) -> list[tuple[str, str]]:
         facts.append(("format", str(s.get("format", "?"))))
         facts.append(("frames kept", f"{s.get('kept', '?')} of {s.get('listed', '?')}"))
     if wd.frames_parquet.exists():
-        w, h = CaptureTable.load(wd.capture).rgb_size
+        w, h = CaptureTable.load(wd).rgb_size
         facts.append(("RGB", f"{w}×{h}"))
     fuse = Manifest.read(wd.fuse)
     if fuse is not None:

@@ -3,6 +3,8 @@
 - tools/ is not a package, so its modules (capture_writers, ...) are imported by path.
 - Test data that is not generated lives in tests/data/ (see tests/data/README.md): the PromptDA parity material
   and two real captures. Nothing outside the repository is read.
+- The "pipeline" logger is restored after every test: an in-process CLI call (click's CliRunner) configures
+  it (own handler, no propagation), which would hide later tests' log records from caplog.
 - The Hugging Face cache is an empty folder of this test session (set before anything imports huggingface_hub,
   and inherited by the CLI subprocesses), so a machine with PromptDA weights in its own cache gets the same
   results as one without: `auto` picks guided, and "no weights" errors are what the tests expect.

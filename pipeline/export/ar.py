@@ -63,7 +63,7 @@ def frame_views(wd: WorkDir, mesh: MeshArrays, cfg: ExportConfig):
 
     from ..evaluate import render_depth
 
-    table = CaptureTable.load(wd.capture)
+    table = CaptureTable.load(wd)
     camera_to_world = fused_camera_to_world(wd, table)
     rows = list(range(0, len(table), cfg.bake_frame_stride))
     scene = o3d.t.geometry.RaycastingScene()

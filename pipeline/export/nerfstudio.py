@@ -148,7 +148,7 @@ def run(cfg: ExportConfig, workdir: Path, force: bool = False) -> list[Path]:
         return paths
 
     t0 = time.perf_counter()
-    table = CaptureTable.load(wd.capture)
+    table = CaptureTable.load(wd)
     camera_to_world = fused_camera_to_world(wd, table)
     model = fused_depth_model(wd)
     depth_dir = wd.depth(model)
