@@ -249,7 +249,8 @@ def mesh(workdir, config_path, formats, force):
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", required=True, type=click.Choice(["ar", "nerfstudio"]),
               help="ar = light textured mesh.glb, mesh.usdz, mesh.obj for AR / digital-twin tools; nerfstudio = "
-                   "transforms.json with images and depth.")
+                   "transforms.json (nerfstudio-data) with images/, metric depth/ and a point cloud, for NeRF and "
+                   "Gaussian splatting.")
 @opt_config
 @click.option("--target-triangles", type=click.IntRange(min=0),
               help="ar: decimate to at most this many triangles; 0 = keep all. [default: 300000]")
@@ -258,9 +259,12 @@ def mesh(workdir, config_path, formats, force):
 @click.option("--recenter/--no-recenter", default=None,
               help="ar: floor at y = 0 and the floor plan's centre at the origin (for AR placement) instead of "
                    "the capture's world coordinates. [default: no-recenter]")
+@click.option("--point-cloud-points", type=click.IntRange(min=0),
+              help="nerfstudio: mesh vertices written to sparse_pc.ply (splatfacto's initial Gaussians); 0 = none. "
+                   "[default: 200000]")
 @opt_force
 @_guard
-def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, force):
+def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, point_cloud_points, force):
     """Export the finished mesh of WORKDIR for other tools into WORKDIR/export/<preset>/.
 
     Never deletes mesh.ply or another preset's files; reruns only when the mesh or a setting changed.
@@ -275,7 +279,7 @@ def export(workdir, preset, config_path, target_triangles, texture_size_px, rece
 
     mesh_fingerprint(workdir)  # a missing mesh is reported before the lock creates WORKDIR
     cfg = override(load_config(config_path), "export", target_triangles=target_triangles,
-                   texture_size_px=texture_size_px, recenter=recenter)
+                   texture_size_px=texture_size_px, recenter=recenter, point_cloud_points=point_cloud_points)
     with WorkdirLock(workdir):
         paths = stage.run(cfg.export, workdir, preset, force=force)
     for p in paths:
@@ -410,10 +414,13 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
 @click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8000, default=None,
               metavar="[PORT]", help="Then serve WORKDIR/view/ on http://127.0.0.1:PORT/ until Ctrl-C (browsers refuse "
                                      "to load the mesh from file:// URLs). [PORT default: 8000; 0 = any free port]")
+@click.option("--target-triangles", type=click.IntRange(min=0),
+              help="Decimate mesh.ply to about this many triangles for the page when there is no AR export "
+                   "(export/ar/mesh.glb); 0 = all. [default: 500000]")
 @opt_config
 @opt_force
 @_guard
-def view(workdir, serve_port, config_path, force):
+def view(workdir, serve_port, target_triangles, config_path, force):
     """Write WORKDIR/view/index.html: the mesh (the AR export's textured GLB when present, else a decimated copy
     of mesh.ply) with orbit controls and a measuring tool (metres), the eval scores, the compare report's figures
     and the capture's facts. Offline: everything it loads lies beside it.
@@ -425,7 +432,7 @@ def view(workdir, serve_port, config_path, force):
     from . import view as stage
     from .artifacts import WorkdirLock
 
-    cfg = _build_config(config_path)
+    cfg = override(load_config(config_path), "view", target_triangles=target_triangles)
     with WorkdirLock(workdir):
         index = stage.run(cfg.view, workdir, force=force)
     click.echo(f"view: {index}")

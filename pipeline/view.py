@@ -57,10 +57,6 @@ def ar_mesh(wd: WorkDir) -> Path:
     return wd.export("ar") / "mesh.glb"
 
 
-def _compare_json(wd: WorkDir) -> Path:
-    return wd.compare_json
-
-
 def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     """Write WORKDIR/view/ (index.html and everything it loads); returns the path of index.html."""
     wd = WorkDir(workdir)
@@ -71,7 +67,7 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
                               "`promptmesh mesh WORKDIR`) first")
     mesh_stamp = fingerprint(f"{STAGE}-mesh", {"cfg": cfg, "source": str(source.relative_to(wd.root))},
                              [source_fingerprint(source)])
-    inputs = [wd.eval_json, _compare_json(wd), wd.frames_parquet, wd.poses_parquet, Manifest.path_in(wd.capture),
+    inputs = [wd.eval_json, wd.compare_json, wd.frames_parquet, wd.poses_parquet, Manifest.path_in(wd.capture),
               Manifest.path_in(wd.fuse), Manifest.path_in(wd.export("ar")), ASSETS]
     stamp = fingerprint(STAGE, {}, [mesh_stamp] + [source_fingerprint(p) if p.exists() else f"{p.name}: absent"
                                                    for p in inputs])
@@ -208,7 +204,7 @@ def _scores_html(wd: WorkDir) -> str:
 
 
 def _copy_figures(wd: WorkDir, dst: Path) -> list[Path]:
-    report = _read_json(_compare_json(wd)) or {}
+    report = _read_json(wd.compare_json) or {}
     copied = []
     for rel in report.get("figures", []):
         src = wd.root / rel
@@ -219,7 +215,7 @@ def _copy_figures(wd: WorkDir, dst: Path) -> list[Path]:
 
 def _compare_html(wd: WorkDir, figures: list[Path]) -> str:
     """compare.json's table (the columns of compare.md) and its figures; '' without a compare report."""
-    report = _read_json(_compare_json(wd))
+    report = _read_json(wd.compare_json)
     if report is None:
         return ""
     models = report.get("models", {})
