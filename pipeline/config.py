@@ -77,7 +77,7 @@ class FuseConfig:
     refine_poses: bool = True
     """Correct ARKit's slow pose drift before fusing (a keyframe pose graph: ARKit's relative motion plus ICP
     alignments of LiDAR point clouds between frames that see the same surfaces again; pipeline/refine.py)."""
-    refine_voxel_m: float = 0.025
+    refine_voxel_m: float = 0.03
     """LiDAR point clouds are downsampled to this voxel edge for alignment (and twice it for the coarse level),
     metres."""
     refine_max_correction_m: float = 0.3

@@ -66,7 +66,7 @@ FRAGMENT_TRUNC_VOXELS = 4.0
 """TSDF truncation of the fragments, in voxels."""
 FRAGMENT_MIN_WEIGHT = 2.0
 """Fragment surface must be seen by at least this many frames."""
-FRAGMENT_BLOCKS = 8192
+FRAGMENT_BLOCKS = 4096
 """Voxel blocks pre-allocated per fragment."""
 OVERLAP_CELL_M = 0.10
 """World cell edge for the footprint overlap of candidate pairs, metres."""
@@ -243,14 +243,20 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
     return Fragment(np.asarray(frames), anchor, points, normals)
 
 
+def _cell_keys(points: np.ndarray, cell_m: float) -> np.ndarray:
+    """(N,) int64 key of the `cell_m` cell of each of (N,3) points (|coordinate| < 2**20 cells)."""
+    from .fuse import _pack_block_keys
+
+    return _pack_block_keys(np.floor(points / cell_m).astype(np.int64))
+
+
 def footprint_overlap(world_points: list[np.ndarray], cell_m: float = OVERLAP_CELL_M) -> np.ndarray:
     """(N,N) share of the smaller footprint that two point sets share: occupied `cell_m` cells in common over
     the smaller number of occupied cells (0 for empty sets)."""
     from scipy import sparse
 
-    cells = [np.unique(np.floor(p / cell_m).astype(np.int64), axis=0) for p in world_points]
-    every = np.concatenate([c for c in cells if len(c)] or [np.zeros((0, 3), np.int64)])
-    _, column = np.unique(every, axis=0, return_inverse=True)
+    cells = [np.unique(_cell_keys(p, cell_m)) for p in world_points]
+    _, column = np.unique(np.concatenate(cells), return_inverse=True)
     row = np.repeat(np.arange(len(cells)), [len(c) for c in cells])
     occupancy = sparse.csr_matrix((np.ones(len(row)), (row, column.ravel())),
                                   shape=(len(cells), int(column.max(initial=-1)) + 1))
@@ -275,7 +281,7 @@ def candidate_pairs(overlap: np.ndarray, min_gap: int = MIN_PAIR_GAP, min_overla
 # --------------------------------------------------------------------------- pairwise alignment
 def _downsample(points: np.ndarray, normals: np.ndarray, voxel_m: float) -> tuple[np.ndarray, np.ndarray]:
     """One point (and normal) per occupied `voxel_m` cell: the first of each cell."""
-    _, first = np.unique(np.floor(points / voxel_m).astype(np.int64), axis=0, return_index=True)
+    _, first = np.unique(_cell_keys(points, voxel_m), return_index=True)
     return points[first], normals[first]
 
 
