@@ -243,6 +243,43 @@ def mesh(workdir, config_path, formats, force):
         click.echo(f"mesh: {p}")
 
 
+@cli.command()
+@click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--preset", required=True, type=click.Choice(["ar", "nerfstudio"]),
+              help="ar = light textured mesh.glb, mesh.usdz, mesh.obj for AR / digital-twin tools; nerfstudio = "
+                   "transforms.json with images and depth.")
+@opt_config
+@click.option("--target-triangles", type=click.IntRange(min=0),
+              help="ar: decimate to at most this many triangles; 0 = keep all. [default: 300000]")
+@click.option("--texture-size", "texture_size_px", type=click.IntRange(min=16, max=16384),
+              help="ar: edge of the square texture baked from the frames, pixels. [default: 4096]")
+@click.option("--recenter/--no-recenter", default=None,
+              help="ar: floor at y = 0 and the floor plan's centre at the origin (for AR placement) instead of "
+                   "the capture's world coordinates. [default: no-recenter]")
+@opt_force
+@_guard
+def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, force):
+    """Export the finished mesh of WORKDIR for other tools into WORKDIR/export/<preset>/.
+
+    Never deletes mesh.ply or another preset's files; reruns only when the mesh or a setting changed.
+
+    \b
+    Example:
+      promptmesh export work/room --preset ar
+    """
+    from . import export as stage
+    from .artifacts import WorkdirLock
+    from .export.source import mesh_fingerprint
+
+    mesh_fingerprint(workdir)  # a missing mesh is reported before the lock creates WORKDIR
+    cfg = override(load_config(config_path), "export", target_triangles=target_triangles,
+                   texture_size_px=texture_size_px, recenter=recenter)
+    with WorkdirLock(workdir):
+        paths = stage.run(cfg.export, workdir, preset, force=force)
+    for p in paths:
+        click.echo(f"export: {p}")
+
+
 @cli.command(name="eval")
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--gt-mesh", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -364,6 +401,42 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
                      keep_largest_clusters=keep_largest_clusters, jobs=jobs, ray_address=ray_address,
                      gpus_per_scene=gpus_per_scene, force=force)
     click.echo(f"benchmark: {path}")
+
+
+@cli.command()
+@click.argument("workdir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8000, default=None,
+              metavar="[PORT]", help="Then serve WORKDIR/view/ on http://127.0.0.1:PORT/ until Ctrl-C (browsers refuse "
+                                     "to load the mesh from file:// URLs). [PORT default: 8000; 0 = any free port]")
+@opt_config
+@opt_force
+@_guard
+def view(workdir, serve_port, config_path, force):
+    """Write WORKDIR/view/index.html: the mesh (the AR export's textured GLB when present, else a decimated copy
+    of mesh.ply) with orbit controls and a measuring tool (metres), the eval scores, the compare report's figures
+    and the capture's facts. Offline: everything it loads lies beside it.
+
+    \b
+    Example:
+      promptmesh view work/room --serve
+    """
+    from . import view as stage
+    from .artifacts import WorkdirLock
+
+    cfg = _build_config(config_path)
+    with WorkdirLock(workdir):
+        index = stage.run(cfg.view, workdir, force=force)
+    click.echo(f"view: {index}")
+    if serve_port is None:
+        return
+    httpd = stage.server(index.parent, serve_port)
+    click.echo(f"serving {index.parent} at http://127.0.0.1:{httpd.server_address[1]}/ (Ctrl-C to stop)")
+    try:
+        httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        httpd.server_close()
 
 
 def _depth_model_list(text: str) -> list[str]:

@@ -1,7 +1,7 @@
 """Typed, frozen configuration per stage, loaded from TOML (configs/default.toml) with tomllib.
 
-A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval]); a key that is not
-a field of that stage's dataclass is an error naming the file and the key. CLI options override
+A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval], [export], [view]); a key
+that is not a field of that stage's dataclass is an error naming the file and the key. CLI options override
 single fields (`dataclasses.replace`). Every field states its unit.
 """
 from __future__ import annotations
@@ -114,12 +114,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    target_triangles: int = 300_000
+    """Decimate the exported mesh to at most this many triangles (quadric edge collapse); 0 = keep all."""
+    texture_size_px: int = 4096
+    """Edge of the square texture atlas baked from the RGB frames, pixels."""
+    recenter: bool = False
+    """Move the export so the floor (lowest 2nd percentile of y) is at y = 0 and the centre of the floor plan
+    (x, z bounding box) at the origin, for AR placement; False keeps the capture's world coordinates."""
+    bake_frame_stride: int = 1
+    """Bake the texture from every n-th kept frame."""
+    occlusion_tolerance_m: float = 0.02
+    """A texel is seen by a frame when its depth along the ray is within this of the mesh's first hit, metres."""
+    padding_px: int = 4
+    """Texels by which each UV chart's colours are dilated into the empty atlas around it (hides seams in
+    mipmaps and bilinear lookups), pixels."""
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    target_triangles: int = 500_000
+    """Triangles of the viewer's mesh when it is a decimated copy of mesh.ply (used when there is no AR export,
+    export/ar/mesh.glb); 0 = all. Half a million draws smoothly on integrated graphics."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 def _coerce(path: Path, section: str, key: str, value: Any, typ: Any) -> Any:
@@ -190,6 +217,12 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (all(f in ("ply", "obj", "glb") for f in cfg.mesh.formats) and cfg.mesh.formats,
          "mesh.formats must list some of ply, obj, glb"),
         (cfg.eval.threshold_m > 0 and cfg.eval.downsample_m > 0, "eval thresholds must be > 0"),
+        (cfg.export.target_triangles >= 0, "export.target_triangles must be >= 0 (0 = no decimation)"),
+        (16 <= cfg.export.texture_size_px <= 16384, "export.texture_size_px must be in [16, 16384]"),
+        (cfg.export.bake_frame_stride >= 1, "export.bake_frame_stride must be >= 1"),
+        (cfg.export.occlusion_tolerance_m > 0, "export.occlusion_tolerance_m must be > 0 metres"),
+        (cfg.export.padding_px >= 0, "export.padding_px must be >= 0"),
+        (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:
         if not ok:

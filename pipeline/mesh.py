@@ -183,6 +183,12 @@ PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), 
 PLY_FACE = np.dtype([("n", "u1"), ("vertex_indices", "<i4", (3,))])
 
 
+def _ply_header(n_vertices: int, n_faces: int) -> bytes:
+    return (f"ply\nformat binary_little_endian 1.0\nelement vertex {n_vertices}\nproperty float x\n"
+            f"property float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+            f"element face {n_faces}\nproperty list uchar int vertex_indices\nend_header\n").encode("ascii")
+
+
 def write_ply(mesh: MeshArrays, path: Path) -> Path:
     """Binary little-endian PLY: float32 x y z (what marching cubes produced, exactly) and uchar RGB per vertex,
     int triangles; written atomically with numpy (no per-element Python work)."""
@@ -194,14 +200,36 @@ def write_ply(mesh: MeshArrays, path: Path) -> Path:
     faces = np.empty(len(mesh.triangles), PLY_FACE)
     faces["n"] = 3
     faces["vertex_indices"] = mesh.triangles
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertices)}\nproperty float x\n"
-              f"property float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
-              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
     with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
+        f.write(_ply_header(len(vertices), len(faces)))
         f.write(vertices.tobytes())
         f.write(faces.tobytes())
     return Path(path)
+
+
+def read_ply(path: Path) -> MeshArrays:
+    """Read a mesh.ply written by `write_ply` (numpy, no per-element work); other PLYs go through Open3D."""
+    path = Path(path)
+    data = path.read_bytes()
+    header_end = data.find(b"end_header\n") + len(b"end_header\n")
+    counts = {ln.split()[1]: int(ln.split()[2]) for ln in data[:header_end].decode("ascii", "replace").split("\n")
+              if ln.startswith("element ") and len(ln.split()) == 3 and ln.split()[2].isdigit()}
+    n_v, n_f = counts.get("vertex", 0), counts.get("face", 0)
+    if (data[:header_end] == _ply_header(n_v, n_f)
+            and len(data) - header_end == n_v * PLY_VERTEX.itemsize + n_f * PLY_FACE.itemsize):
+        vertices = np.frombuffer(data, PLY_VERTEX, n_v, offset=header_end)
+        faces = np.frombuffer(data, PLY_FACE, n_f, offset=header_end + n_v * PLY_VERTEX.itemsize)
+        return MeshArrays(np.stack([vertices[a] for a in "xyz"], 1).astype(np.float64),
+                          faces["vertex_indices"].astype(np.int64),
+                          np.stack([vertices[c] for c in ("red", "green", "blue")], 1))
+    import open3d as o3d
+
+    legacy = o3d.io.read_triangle_mesh(str(path))
+    if len(legacy.triangles) == 0:
+        raise PromptmeshError(f"{path}: no triangles could be read; rerun `promptmesh mesh WORKDIR --force`")
+    colors = np.asarray(legacy.vertex_colors) if legacy.has_vertex_colors() else np.ones((len(legacy.vertices), 3))
+    return MeshArrays(np.asarray(legacy.vertices), np.asarray(legacy.triangles, np.int64),
+                      np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8))
 
 
 def run(cfg: MeshConfig, workdir: Path, out_dir: Optional[Path] = None, force: bool = False) -> list[Path]:

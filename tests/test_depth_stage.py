@@ -109,7 +109,8 @@ def test_frames_predicted_on_threads_equal_one_at_a_time(tmp_path, model):
 def test_full_resolution_keeps_rgb_size(tmp_path):
     wd = make_workdir(tmp_path)
     out = depth.run(DepthConfig(model="lidar", long_side_px=1008), wd)  # never upscaled past the RGB
-    assert all(mm.shape == RGB_WH[::-1] for mm in read_all(out).values())
+    maps = read_all(out)
+    assert len(maps) == N_FRAMES and {mm.shape for mm in maps.values()} == {RGB_WH[::-1]}
 
 
 def test_second_run_does_nothing_and_changed_setting_reruns(tmp_path, count_predictions, caplog):
@@ -123,8 +124,9 @@ def test_second_run_does_nothing_and_changed_setting_reruns(tmp_path, count_pred
     assert "depth: up to date" in caplog.text
     out = depth.run(DepthConfig(model="guided", long_side_px=48), wd)
     assert count_predictions["calls"] == 2 * N_FRAMES
-    assert all(mm.shape == (36, 48) for mm in read_all(out).values())
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == pngs(out)
+    maps = read_all(out)
+    assert len(maps) == N_FRAMES and {mm.shape for mm in maps.values()} == {(36, 48)}
+    assert pngs(out) == [f"{5 * k:06d}.png" for k in range(N_FRAMES)]  # one map per frame, named by its stem
     # a changed upstream (re-ingested capture) reruns too
     Manifest("ingest", "ingest-v2", outputs=["frames.parquet"], settings={}).write(wd / "capture")
     depth.run(DepthConfig(model="guided", long_side_px=48), wd)

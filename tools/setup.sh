@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Install promptmesh with everything it needs on a fresh Debian/Ubuntu machine (or venv).
 #  - system: libusb-1.0-0 (Open3D loads it), ffmpeg (libx265; only to write realistic HEVC test videos)
+#  - chromium: the viewer's tests render `promptmesh view` pages in it (headless, software WebGL)
 #  - torch 2.13.0 first: a plain `torch` requirement would pull a multi-GB CUDA build
 #  - then this package in editable mode with its test extras
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need_apt+=(chromium)
 ldconfig -p 2>/dev/null | grep -q 'libusb-1.0.so' || need_apt+=(libusb-1.0-0)
 command -v ffmpeg >/dev/null 2>&1 || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
