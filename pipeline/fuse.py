@@ -1,5 +1,9 @@
 """Stage 3, fuse: WORKDIR/depth/<model>/ + poses -> a TSDF volume in OUT/fuse/tsdf.npz.
 
+The poses are first refined against ARKit's drift (`pipeline/refine.py`, from the LiDAR maps of
+WORKDIR/capture; off with refine_poses = false) and written to OUT/fuse/poses.parquet (`pipeline/poses.py`),
+refined or not: the pose each frame is fused with, which every later stage that projects frames reads.
+
 Open3D's tensor `VoxelBlockGrid` (attributes tsdf, weight, color; all float32) does the work, on CUDA
 when Open3D has it and the config allows, else on the CPU. (The legacy ScalableTSDFVolume mishandles
 float depth in Open3D 0.20, so it is not used.)

@@ -7,8 +7,8 @@ narrow for that (measured on the synthetic rooms: point-to-plane ICP between two
 pose, ends 2-15 cm off, sliding along walls), so frames are first fused into fragments:
 
 1. Fragments: a frame counts when the camera has moved `NODE_SPACING_M` or turned `NODE_SPACING_DEG` since
-   the last counted one (every frame of a keyframed capture); runs of `FRAGMENT_FRAMES` counted frames are
-   fused (TSDF at refine_voxel_m, LiDAR maps with the fuse depth range and min_confidence) in the frame of
+   the last counted one (every frame of a keyframed capture); runs of about `FRAGMENT_FRAMES` counted frames
+   are fused (TSDF at refine_voxel_m, LiDAR maps within the fuse depth range, confidence >= 1) in the frame of
    their middle frame, the fragment's anchor, and the surface seen at least twice is extracted as points with
    normals. Fragment 0 stays fixed: its anchor's correction is the identity, so the first frame keeps its pose
    (it defines the capture's world).
@@ -23,7 +23,7 @@ pose, ends 2-15 cm off, sliding along walls), so frames are first fused into fra
 4. Pose graph over the anchors (`optimise_pose_graph`, Gauss-Newton, first anchor fixed): odometry edges from
    ARKit between consecutive anchors (`ODOMETRY_SIGMA_M` / `ODOMETRY_SIGMA_DEG`) and loop edges from the kept
    pairs (information = ICP's per correspondence / `LOOP_SIGMA_M`**2, so weak directions weigh little); loop
-   edges whose residual after the solve exceeds `LOOP_REJECT_M` / `LOOP_REJECT_DEG` are dropped and it is
+   edges whose information-weighted residual after the solve exceeds `LOOP_REJECT_M` are dropped and it is
    solved again.
 5. Corrections: each anchor's correction is the world-frame transform D = refined @ inverse(predicted); other
    frames get D interpolated by frame index (translation linearly, rotation by slerp; before the first anchor
@@ -37,6 +37,7 @@ C <- [R(w) | v] @ C, with the 6-vector (w radians, v metres) in this order.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -60,8 +61,10 @@ NODE_SPACING_M = 0.05
 """A frame counts for the fragments after the camera moved this far since the last counted one, metres."""
 NODE_SPACING_DEG = 5.0
 """... or turned this much, degrees."""
-FRAGMENT_FRAMES = 10
-"""Counted frames fused into one fragment."""
+MIN_LIDAR_CONFIDENCE = 1
+"""LiDAR pixels fused into fragments: ARKit confidence at least this (0 marks edges and flying pixels)."""
+FRAGMENT_FRAMES = 8
+"""Counted frames fused into one fragment (the counted frames are split into runs of about this length)."""
 FRAGMENT_TRUNC_VOXELS = 4.0
 """TSDF truncation of the fragments, in voxels."""
 FRAGMENT_MIN_WEIGHT = 2.0
@@ -97,9 +100,8 @@ LOOP_SIGMA_M = 0.003
 """Scale of a loop edge's information: ICP's information per correspondence / LOOP_SIGMA_M**2 (measured
 fragment-to-fragment errors are 1-6 mm along well-constrained directions), metres."""
 LOOP_REJECT_M = 0.02
-"""A loop edge whose translation residual after the first solve exceeds this is dropped, metres."""
-LOOP_REJECT_DEG = 0.5
-"""... or whose rotation residual exceeds this, degrees."""
+"""A loop edge whose residual after the first solve, weighted by its information per correspondence
+(sqrt(r^T I r): metres along a fully constrained direction, less along weak ones), exceeds this is dropped."""
 GAUSS_NEWTON_ITERATIONS = 10
 
 
@@ -179,7 +181,7 @@ def _matrix_to_twist(T: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- fragments
-def select_nodes(camera_to_world: np.ndarray, spacing_m: float = NODE_SPACING_M,
+def select_frames(camera_to_world: np.ndarray, spacing_m: float = NODE_SPACING_M,
                  spacing_deg: float = NODE_SPACING_DEG) -> np.ndarray:
     """Indices of the frames that fragments fuse: frame 0, then each frame that moved `spacing_m` or turned
     `spacing_deg` from the previous one kept, and the last frame."""
@@ -194,16 +196,16 @@ def select_nodes(camera_to_world: np.ndarray, spacing_m: float = NODE_SPACING_M,
 
 
 def _masked_lidar_mm(table: CaptureTable, i: int, cfg: FuseConfig) -> np.ndarray:
-    """Frame i's LiDAR map (h,w) uint16 mm with pixels outside the fuse depth range or below its
-    min_confidence zeroed (`fuse.mask_depth_mm`)."""
+    """Frame i's LiDAR map (h,w) uint16 mm with pixels outside the fuse depth range or with a confidence below
+    MIN_LIDAR_CONFIDENCE zeroed (`fuse.mask_depth_mm`), whatever the depth model fused."""
     from .fuse import mask_depth_mm
 
     depth_mm = read_depth_mm(table.root / table.lidar_path[i], REDO)
     confidence = None
-    if table.confidence_path[i] is not None and cfg.min_confidence > 0:
+    if table.confidence_path[i] is not None:
         confidence = read_image(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map", REDO)
         confidence = cv2.resize(confidence, depth_mm.shape[::-1], interpolation=cv2.INTER_NEAREST)
-    return mask_depth_mm(depth_mm, confidence, cfg)
+    return mask_depth_mm(depth_mm, confidence, dataclasses.replace(cfg, min_confidence=MIN_LIDAR_CONFIDENCE))
 
 
 def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.ndarray, cfg: FuseConfig) -> Fragment:
@@ -236,8 +238,11 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
     points = np.zeros((0, 3))
     normals = np.zeros((0, 3))
     if grid.hashmap().size() > 0:
-        cloud = grid.extract_point_cloud(weight_threshold=FRAGMENT_MIN_WEIGHT)
-        if "positions" in cloud.point and len(cloud.point.positions) > 0:
+        try:
+            cloud = grid.extract_point_cloud(weight_threshold=FRAGMENT_MIN_WEIGHT)
+        except RuntimeError:  # Open3D raises when no voxel passes the weight threshold
+            cloud = None
+        if cloud is not None and "positions" in cloud.point and len(cloud.point.positions) > 0:
             points = cloud.point.positions.numpy().astype(np.float64)
             normals = cloud.point.normals.numpy().astype(np.float64)
     return Fragment(np.asarray(frames), anchor, points, normals)
@@ -312,7 +317,7 @@ def point_to_plane_icp(source: Fragment, target: Fragment, target_tree: cKDTree,
             information = (J * weight[:, None]).T @ J / len(r)
             values, vectors = np.linalg.eigh(information)
             weak = vectors[:, values < WEAK_CONSTRAINT]
-            penalty = 1e-3 * np.eye(6) + 10.0 * weak @ weak.T
+            penalty = 1e-6 * np.eye(6) + 10.0 * weak @ weak.T
             deviation = _matrix_to_twist(T @ np.linalg.inv(init))
             step = np.linalg.solve(information + penalty, -(J * weight[:, None]).T @ r / len(r) - penalty @ deviation)
             T = _twist_to_matrix(step) @ T
@@ -341,11 +346,9 @@ def align_fragments(source: Fragment, target: Fragment, target_tree: cKDTree, in
 
 
 # --------------------------------------------------------------------------- pose graph
-def _edge_residuals(poses: np.ndarray, sources: np.ndarray, targets: np.ndarray,
-                    inverse_measured: np.ndarray) -> np.ndarray:
-    """(E,6) residual twists of Z^-1 C_t^-1 C_s for every edge."""
-    error = inverse_measured @ np.linalg.inv(poses[targets]) @ poses[sources]
-    return _matrix_to_twist(error)
+def _edge_residuals(source_poses: np.ndarray, target_poses: np.ndarray, inverse_measured: np.ndarray) -> np.ndarray:
+    """(E,6) residual twists of Z^-1 C_t^-1 C_s, edge by edge ((E,4,4) each)."""
+    return _matrix_to_twist(inverse_measured @ np.linalg.inv(target_poses) @ source_poses)
 
 
 def optimise_pose_graph(poses: np.ndarray, sources: np.ndarray, targets: np.ndarray, measured: np.ndarray,
@@ -363,30 +366,31 @@ def optimise_pose_graph(poses: np.ndarray, sources: np.ndarray, targets: np.ndar
     inverse_measured = np.linalg.inv(measured)
     step = 1e-6
     for _ in range(iterations):
-        r = _edge_residuals(poses, sources, targets, inverse_measured)
+        source_poses, target_poses = poses[sources], poses[targets]
+        r = _edge_residuals(source_poses, target_poses, inverse_measured)
         J = {}  # node role -> (E,6,6) d residual / d perturbation of that node
-        for role, nodes in (("s", sources), ("t", targets)):
+        for role in ("s", "t"):
             cols = []
             for d in range(6):
                 xi = np.zeros(6)
                 xi[d] = step
-                perturbed = []
-                for sign in (1.0, -1.0):
-                    p = poses.copy()
-                    p[nodes] = _twist_to_matrix(sign * xi) @ poses[nodes]
-                    s_pose, t_pose = (p[sources], poses[targets]) if role == "s" else (poses[sources], p[targets])
-                    perturbed.append(_matrix_to_twist(inverse_measured @ np.linalg.inv(t_pose) @ s_pose))
-                cols.append((perturbed[0] - perturbed[1]) / (2 * step))
+                plus, minus = _twist_to_matrix(xi), _twist_to_matrix(-xi)
+                if role == "s":
+                    difference = (_edge_residuals(plus @ source_poses, target_poses, inverse_measured)
+                                  - _edge_residuals(minus @ source_poses, target_poses, inverse_measured))
+                else:
+                    difference = (_edge_residuals(source_poses, plus @ target_poses, inverse_measured)
+                                  - _edge_residuals(source_poses, minus @ target_poses, inverse_measured))
+                cols.append(difference / (2 * step))
             J[role] = np.stack(cols, -1)
-        H = np.zeros((6 * n, 6 * n))
-        b = np.zeros(6 * n)
+        H = np.zeros((n, 6, n, 6))  # normal equations, block (node, node)
+        b = np.zeros((n, 6))
         for a_role, a_nodes in (("s", sources), ("t", targets)):
             JtL = np.swapaxes(J[a_role], 1, 2) @ information  # (E,6,6)
-            np.add.at(b.reshape(n, 6), a_nodes, -np.einsum("eij,ej->ei", JtL, r))
+            np.add.at(b, a_nodes, -np.einsum("eij,ej->ei", JtL, r))
             for b_role, b_nodes in (("s", sources), ("t", targets)):
-                blocks = JtL @ J[b_role]
-                H4 = H.reshape(n, 6, n, 6)
-                np.add.at(H4, (a_nodes, slice(None), b_nodes), blocks)
+                np.add.at(H, (a_nodes, slice(None), b_nodes), JtL @ J[b_role])
+        H, b = H.reshape(6 * n, 6 * n), b.reshape(6 * n)
         free = slice(6, None)  # node 0 is fixed
         H_free = H[free, free] + 1e-9 * np.eye(6 * (n - 1))
         delta = np.linalg.solve(H_free, b[free]).reshape(n - 1, 6)
@@ -423,9 +427,9 @@ def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
     t0 = time.perf_counter()
     predicted = table.camera_to_world
     n_frames = len(table)
-    counted = select_nodes(predicted)
-    fragments = [build_fragment(table, counted[k:k + FRAGMENT_FRAMES], predicted, cfg)
-                 for k in range(0, len(counted), FRAGMENT_FRAMES)]
+    counted = select_frames(predicted)
+    fragments = [build_fragment(table, frames, predicted, cfg)
+                 for frames in np.array_split(counted, max(1, round(len(counted) / FRAGMENT_FRAMES)))]
     anchors = np.array([f.anchor for f in fragments])
     t_fragments = time.perf_counter()
     world_points = [f.points[:: max(1, len(f.points) // 4000)] @ predicted[f.anchor][:3, :3].T
@@ -465,9 +469,9 @@ def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
             information = np.concatenate([odo_info, np.stack([a.information / LOOP_SIGMA_M ** 2 for a in kept])])
             refined = optimise_pose_graph(anchor_poses, sources, targets, measured, information)
             loop = slice(len(odo_s), None)
-            residual = _edge_residuals(refined, sources[loop], targets[loop], np.linalg.inv(measured[loop]))
-            good = (np.linalg.norm(residual[:, 3:], axis=1) <= LOOP_REJECT_M) & (
-                np.degrees(np.linalg.norm(residual[:, :3], axis=1)) <= LOOP_REJECT_DEG)
+            residual = _edge_residuals(refined[sources[loop]], refined[targets[loop]], np.linalg.inv(measured[loop]))
+            weighted_m = np.sqrt(np.einsum("ei,eij,ej->e", residual, information[loop] * LOOP_SIGMA_M ** 2, residual))
+            good = weighted_m <= LOOP_REJECT_M
             if good.all():
                 break
             kept = [a for a, g in zip(kept, good) if g]
@@ -491,9 +495,13 @@ def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
                     "unrefined", len(alignments))
     elif not alignments:
         log.info("refine: the walk does not come back to surfaces it saw (no fragments overlap); poses unrefined")
-    correction = interpolate_corrections(n_frames, anchors, refined @ np.linalg.inv(anchor_poses))
-    camera_to_world = correction @ predicted
-    camera_to_world[:, 3] = (0.0, 0.0, 0.0, 1.0)
+    if kept:
+        correction = interpolate_corrections(n_frames, anchors, refined @ np.linalg.inv(anchor_poses))
+        camera_to_world = correction @ predicted
+        camera_to_world[:, 3] = (0.0, 0.0, 0.0, 1.0)
+        camera_to_world[:anchors[0] + 1] = predicted[:anchors[0] + 1]  # the first anchor is fixed: exactly
+    else:
+        camera_to_world = predicted.copy()
     correction_m, correction_deg = pose_difference(camera_to_world, predicted)
     accepted = np.full(n_frames, bool(kept))
     for k in np.flatnonzero(~anchor_accepted & bool(kept)):
