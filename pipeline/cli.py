@@ -16,6 +16,7 @@ import click
 
 from .config import DEPTH_MODELS, PipelineConfig, load_config, override
 from .errors import PromptmeshError
+from .workdir import WorkDir
 
 log = logging.getLogger("pipeline")
 
@@ -186,7 +187,8 @@ def ingest(capture, workdir, config_path, stride, max_frames, no_blur_select, fo
     with WorkdirLock(workdir):
         path = stage.run(cfg.ingest, capture, workdir, force=force)
     click.echo(f"capture: {path}")
-    click.echo(f"frames:  {stage.summary_line(Manifest.read(path.parent).summary, path.parent)}")
+    capture_dir = WorkDir(workdir).capture
+    click.echo(f"frames:  {stage.summary_line(Manifest.read(capture_dir).summary, capture_dir)}")
 
 
 ingest.help += "\n\n" + CAPTURE_HELP
@@ -258,7 +260,8 @@ def mesh(workdir, config_path, formats, force):
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", required=True, type=click.Choice(["ar", "nerfstudio"]),
               help="ar = light textured mesh.glb, mesh.usdz, mesh.obj for AR / digital-twin tools; nerfstudio = "
-                   "transforms.json with images and depth.")
+                   "transforms.json (nerfstudio-data) with images/, metric depth/ and a point cloud, for NeRF and "
+                   "Gaussian splatting.")
 @opt_config
 @click.option("--target-triangles", type=click.IntRange(min=0),
               help="ar: decimate to at most this many triangles; 0 = keep all. [default: 300000]")
@@ -267,9 +270,12 @@ def mesh(workdir, config_path, formats, force):
 @click.option("--recenter/--no-recenter", default=None,
               help="ar: floor at y = 0 and the floor plan's centre at the origin (for AR placement) instead of "
                    "the capture's world coordinates. [default: no-recenter]")
+@click.option("--point-cloud-points", type=click.IntRange(min=0),
+              help="nerfstudio: mesh vertices written to sparse_pc.ply (splatfacto's initial Gaussians); 0 = none. "
+                   "[default: 200000]")
 @opt_force
 @_guard
-def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, force):
+def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, point_cloud_points, force):
     """Export the finished mesh of WORKDIR for other tools into WORKDIR/export/<preset>/.
 
     Never deletes mesh.ply or another preset's files; reruns only when the mesh or a setting changed.
@@ -284,7 +290,7 @@ def export(workdir, preset, config_path, target_triangles, texture_size_px, rece
 
     mesh_fingerprint(workdir)  # a missing mesh is reported before the lock creates WORKDIR
     cfg = override(load_config(config_path), "export", target_triangles=target_triangles,
-                   texture_size_px=texture_size_px, recenter=recenter)
+                   texture_size_px=texture_size_px, recenter=recenter, point_cloud_points=point_cloud_points)
     with WorkdirLock(workdir):
         paths = stage.run(cfg.export, workdir, preset, force=force)
     for p in paths:
@@ -419,10 +425,13 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
 @click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8000, default=None,
               metavar="[PORT]", help="Then serve WORKDIR/view/ on http://127.0.0.1:PORT/ until Ctrl-C (browsers refuse "
                                      "to load the mesh from file:// URLs). [PORT default: 8000; 0 = any free port]")
+@click.option("--target-triangles", type=click.IntRange(min=0),
+              help="Decimate mesh.ply to about this many triangles for the page when there is no AR export "
+                   "(export/ar/mesh.glb); 0 = all. [default: 500000]")
 @opt_config
 @opt_force
 @_guard
-def view(workdir, serve_port, config_path, force):
+def view(workdir, serve_port, target_triangles, config_path, force):
     """Write WORKDIR/view/index.html: the mesh (the AR export's textured GLB when present, else a decimated copy
     of mesh.ply) with orbit controls and a measuring tool (metres), the eval scores, the compare report's figures
     and the capture's facts. Offline: everything it loads lies beside it.
@@ -434,7 +443,7 @@ def view(workdir, serve_port, config_path, force):
     from . import view as stage
     from .artifacts import WorkdirLock
 
-    cfg = _build_config(config_path)
+    cfg = override(load_config(config_path), "view", target_triangles=target_triangles)
     with WorkdirLock(workdir):
         index = stage.run(cfg.view, workdir, force=force)
     click.echo(f"view: {index}")

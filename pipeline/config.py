@@ -90,7 +90,8 @@ class FuseConfig:
 @dataclass(frozen=True)
 class MeshConfig:
     formats: tuple[str, ...] = ("ply",)
-    """Export formats among ply, obj, glb (mesh.<ext> in the work directory)."""
+    """Formats among ply, obj, glb (mesh.<ext> in the work directory); mesh.ply is written in any case, and
+    asking for another format later adds it without redoing the mesh."""
     weight_threshold: float = 1.0
     """Minimum integration weight (number of observations) for a voxel to produce surface."""
     min_component_triangles: int = 200
@@ -129,6 +130,14 @@ class ExportConfig:
     padding_px: int = 4
     """Texels by which each UV chart's colours are dilated into the empty atlas around it (hides seams in
     mipmaps and bilinear lookups), pixels."""
+    depth_test_long_side_px: int = 640
+    """Long side of the depth maps ray-cast from each pose for the occlusion test, pixels (capped at the RGB
+    size)."""
+    texture_jpeg_quality: int = 90
+    """JPEG quality (0-100) of the baked texture (texture.jpg, also embedded in mesh.glb and mesh.usdz)."""
+    point_cloud_points: int = 200_000
+    """nerfstudio: vertices of the mesh (with colours) written to sparse_pc.ply, where splatfacto starts its
+    Gaussians; 0 = no point cloud."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +231,9 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.export.bake_frame_stride >= 1, "export.bake_frame_stride must be >= 1"),
         (cfg.export.occlusion_tolerance_m > 0, "export.occlusion_tolerance_m must be > 0 metres"),
         (cfg.export.padding_px >= 0, "export.padding_px must be >= 0"),
+        (cfg.export.depth_test_long_side_px >= 16, "export.depth_test_long_side_px must be >= 16"),
+        (0 <= cfg.export.texture_jpeg_quality <= 100, "export.texture_jpeg_quality must be in [0, 100]"),
+        (cfg.export.point_cloud_points >= 0, "export.point_cloud_points must be >= 0 (0 = no point cloud)"),
         (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:

@@ -62,12 +62,11 @@ from .images import REDO, read_depth_mm, read_image
 from .poses import write_poses
 from .refine import refine_poses
 from .streams import prefetch
-from .workdir import WorkDir
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 STAGE = "fuse"
-TSDF_NAME = "tsdf.npz"
 VOLUME_FORMAT = 2
 """Version of the saved volume's layout (module docstring); part of the fingerprint, so older files are redone."""
 DEPTH_SCALE = 1000.0
@@ -82,15 +81,6 @@ voxels)."""
 ESTIMATE_FLUSH_KEYS = 1 << 19
 """Block keys gathered (distinct per frame) before the estimate reduces them to distinct ones over all frames
 (bounds its memory to a few MB plus the distinct blocks)."""
-
-
-def fuse_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "fuse"
-
-
-def tsdf_path(out_dir: Path) -> Path:
-    """The TSDF volume written by `run` (the compact npz of `save_volume`)."""
-    return fuse_dir(out_dir) / TSDF_NAME
 
 
 def select_device(requested: str):
@@ -275,17 +265,17 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- stage
-def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path] = None, force: bool = False,
+def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = False,
         block_count: Optional[int] = None) -> Path:
-    """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = out_dir or workdir); returns OUT/fuse.
+    """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = the WorkDir's `out`); returns OUT/fuse.
 
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
     stage's manifest fingerprint, which in turn covers the capture. `block_count`: the grid's pre-size when
     already computed by `estimate_block_count(table, cfg)` (the runner does so while depth runs).
     """
-    workdir = Path(workdir)
-    out = fuse_dir(out_dir if out_dir is not None else workdir)
-    depth_dir = workdir / "depth" / depth_model
+    wd = WorkDir(workdir)
+    out = wd.fuse
+    depth_dir = wd.depth(depth_model)
     upstream = upstream_fingerprint(depth_dir, "depth")
     if not Manifest.read(depth_dir).settings.get("fuse_confidence_mask", True):
         cfg = dataclasses.replace(cfg, min_confidence=0)  # the model already used or repaired those pixels
@@ -296,18 +286,17 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
         log.info("fuse: up to date (%s)", out)
         return out
 
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(wd)
     device = select_device(cfg.device)
     t0 = time.perf_counter()
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
     refined = refine_poses(table, cfg) if cfg.refine_poses else None
     camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
-    poses_path = WorkDir(out.parent).poses_parquet
     if refined is None:
-        write_poses(poses_path, table.frame_index, camera_to_world)
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
     else:
-        write_poses(poses_path, table.frame_index, camera_to_world, refined.correction_m, refined.correction_deg,
-                    refined.accepted)
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
+                    refined.correction_deg, refined.accepted)
     t_presize = time.perf_counter()
     block_count = block_count or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
     log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
@@ -336,9 +325,9 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     if n_blocks == 0:
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
-    save_volume(grid, cfg, out / TSDF_NAME)
+    save_volume(grid, cfg, wd.tsdf)
     seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=[TSDF_NAME, poses_path.name], settings=settings,
+    Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
                       "blocks_presized": block_count,
                       "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
@@ -348,7 +337,7 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
                       "seconds_integrate": round(t_save - t_integrate, 3),
                       "seconds_save": round(time.perf_counter() - t_save, 3)}).write(out)
     log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
-             seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, out / TSDF_NAME)
+             seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, wd.tsdf)
     return out
 
 
@@ -397,11 +386,11 @@ def save_volume(grid, cfg: FuseConfig, path: Path) -> Path:
     return path
 
 
-def load_grid(out_dir: Path, device: str = "CPU:0"):
+def load_grid(workdir: WorkDirLike, device: str = "CPU:0"):
     """The VoxelBlockGrid saved by `run` in OUT/fuse/ (see the module docstring), on `device`."""
     import open3d as o3d
 
-    path = tsdf_path(out_dir)
+    path = WorkDir(workdir).tsdf
     fix = "rerun `promptmesh fuse WORKDIR --force`"
     try:
         with np.load(path) as z:

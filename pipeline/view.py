@@ -20,7 +20,6 @@ import html
 import http.server
 import json
 import logging
-import shutil
 import string
 import time
 from functools import partial
@@ -47,7 +46,8 @@ STAGE = "view"
 ASSETS = Path(__file__).parent / "viewer_assets"
 """index.html (template), viewer.js and three/ (vendored three.js)."""
 MESH_NAME = "mesh.glb"
-SCORE_COLUMNS = [(h, key, scale, fmt) for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
+SCORE_COLUMNS = [({"Prec": "Precision"}.get(h, h), key, scale, fmt)
+                 for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
 """(header, key, scale, format) of eval.json's culled / unculled sections, as the compare report shows them."""
 DEPTH_COLUMNS = [(h, key, scale, fmt) for h, section, key, scale, fmt in TABLE_COLUMNS if section == "depth"]
 
@@ -55,10 +55,6 @@ DEPTH_COLUMNS = [(h, key, scale, fmt) for h, section, key, scale, fmt in TABLE_C
 def ar_mesh(wd: WorkDir) -> Path:
     """The AR export's textured GLB (it may not exist)."""
     return wd.export("ar") / "mesh.glb"
-
-
-def _compare_json(wd: WorkDir) -> Path:
-    return wd.root / "compare.json"
 
 
 def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
@@ -69,20 +65,27 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     if not source.is_file():
         raise PromptmeshError(f"{wd.mesh('ply')}: no mesh to show; run `promptmesh run CAPTURE -o {wd.root}` (or "
                               "`promptmesh mesh WORKDIR`) first")
-    inputs = [source, wd.eval_json, _compare_json(wd), wd.frames_parquet, wd.poses_parquet,
-              Manifest.path_in(wd.capture), Manifest.path_in(wd.fuse), ASSETS]
-    stamp = fingerprint(STAGE, {"cfg": cfg, "source": str(source.relative_to(wd.root))},
-                        [source_fingerprint(p) if p.exists() else f"{p.name}: absent" for p in inputs])
+    mesh_stamp = fingerprint(f"{STAGE}-mesh", {"cfg": cfg, "source": str(source.relative_to(wd.root))},
+                             [source_fingerprint(source)])
+    inputs = [wd.eval_json, wd.compare_json, wd.frames_parquet, wd.poses_parquet, Manifest.path_in(wd.capture),
+              Manifest.path_in(wd.fuse), Manifest.path_in(wd.export("ar")), ASSETS]
+    stamp = fingerprint(STAGE, {}, [mesh_stamp] + [source_fingerprint(p) if p.exists() else f"{p.name}: absent"
+                                                   for p in inputs])
     index = out / "index.html"
     if not force and is_current(out, stamp):
         log.info("view: up to date (%s)", index)
         return index
 
     t0 = time.perf_counter()
+    previous = Manifest.read(out)
     invalidate(out)
     _copy_tree(ASSETS / "three", out / "three")
-    shutil.copyfile(ASSETS / "viewer.js", out / "viewer.js")
-    mesh_facts = _write_mesh(source, out / MESH_NAME, cfg, from_ar=source != wd.mesh("ply"))
+    atomic_write_bytes(out / "viewer.js", (ASSETS / "viewer.js").read_bytes())
+    if (not force and previous is not None and previous.settings.get("mesh_fingerprint") == mesh_stamp
+            and (out / MESH_NAME).is_file()):  # only the scores or facts changed: keep the (decimated) mesh
+        mesh_facts = [tuple(fact) for fact in previous.summary["mesh_facts"]]
+    else:
+        mesh_facts = _write_mesh(source, out / MESH_NAME, cfg, from_ar=source != wd.mesh("ply"))
     figures = _copy_figures(wd, out / "figures")
     start = _start_view(wd, _mesh_offset_m(wd, source))
     page = string.Template((ASSETS / "index.html").read_text()).substitute(
@@ -94,9 +97,10 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     )
     atomic_write_text(index, page)
     outputs = ["index.html", "viewer.js", MESH_NAME, "three/three.module.js"] + [f"figures/{p.name}" for p in figures]
-    Manifest(STAGE, stamp, outputs=outputs, settings={"cfg": cfg, "source": str(source)},
+    Manifest(STAGE, stamp, outputs=outputs,
+             settings={"cfg": cfg, "source": str(source), "mesh_fingerprint": mesh_stamp},
              summary={"seconds": round(time.perf_counter() - t0, 3), "figures": len(figures),
-                      **{k: v for k, v in mesh_facts}}).write(out)
+                      "mesh_facts": mesh_facts}).write(out)
     log.info("view: %s -> %s", ", ".join(f"{k} {v}" for k, v in mesh_facts), index)
     return index
 
@@ -121,11 +125,11 @@ def _write_mesh(source: Path, dst: Path, cfg: ViewConfig, from_ar: bool) -> list
 
 def _start_view(wd: WorkDir, offset_m: np.ndarray) -> Optional[dict]:
     """Where the page opens: the middle frame's camera (fused pose, moved by `offset_m` like the mesh) with its
-    vertical field of view, as eye position and forward vector in the mesh's frame (the page keeps +y up); None without a capture (the
-    page then fits the whole mesh)."""
+    vertical field of view, as eye position and forward vector in the mesh's frame (the page keeps +y up);
+    None without a capture (the page then fits the whole mesh)."""
     if not wd.frames_parquet.exists():
         return None
-    table = CaptureTable.load(wd.capture)
+    table = CaptureTable.load(wd)
     i = len(table) // 2
     camera_to_world = fused_camera_to_world(wd, table)[i]
     R = camera_to_world[:3, :3]  # OpenCV camera axes: x right, y down, z forward
@@ -150,7 +154,7 @@ def _capture_facts(wd: WorkDir) -> list[tuple[str, str]]:
         facts.append(("format", str(s.get("format", "?"))))
         facts.append(("frames kept", f"{s.get('kept', '?')} of {s.get('listed', '?')}"))
     if wd.frames_parquet.exists():
-        w, h = CaptureTable.load(wd.capture).rgb_size
+        w, h = CaptureTable.load(wd).rgb_size
         facts.append(("RGB", f"{w}×{h}"))
     fuse = Manifest.read(wd.fuse)
     if fuse is not None:
@@ -200,7 +204,7 @@ def _scores_html(wd: WorkDir) -> str:
 
 
 def _copy_figures(wd: WorkDir, dst: Path) -> list[Path]:
-    report = _read_json(_compare_json(wd)) or {}
+    report = _read_json(wd.compare_json) or {}
     copied = []
     for rel in report.get("figures", []):
         src = wd.root / rel
@@ -211,7 +215,7 @@ def _copy_figures(wd: WorkDir, dst: Path) -> list[Path]:
 
 def _compare_html(wd: WorkDir, figures: list[Path]) -> str:
     """compare.json's table (the columns of compare.md) and its figures; '' without a compare report."""
-    report = _read_json(_compare_json(wd))
+    report = _read_json(wd.compare_json)
     if report is None:
         return ""
     models = report.get("models", {})
@@ -242,4 +246,5 @@ def server(folder: Path, port: int) -> http.server.ThreadingHTTPServer:
     try:
         return http.server.ThreadingHTTPServer(("127.0.0.1", port), partial(_QuietHandler, directory=str(folder)))
     except OSError as e:
-        raise PromptmeshError(f"127.0.0.1:{port}: cannot serve there ({e.strerror}); pass another --serve PORT") from None
+        why = e.strerror or str(e)
+        raise PromptmeshError(f"127.0.0.1:{port}: cannot serve there ({why}); pass another --serve PORT") from None

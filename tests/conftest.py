@@ -3,14 +3,19 @@
 - tools/ is not a package, so its modules (capture_writers, ...) are imported by path.
 - Test data that is not generated lives in tests/data/ (see tests/data/README.md): the PromptDA parity material
   and two real captures. Nothing outside the repository is read.
+- The "pipeline" logger is restored after every test: an in-process CLI call (click's CliRunner) configures
+  it (own handler, no propagation), which would hide later tests' log records from caplog.
 - The Hugging Face cache is an empty folder of this test session (set before anything imports huggingface_hub,
   and inherited by the CLI subprocesses), so a machine with PromptDA weights in its own cache gets the same
   results as one without: `auto` picks guided, and "no weights" errors are what the tests expect.
 """
+import logging
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+import pytest
 
 TESTS = Path(__file__).resolve().parent
 DATA = TESTS / "data"
@@ -30,3 +35,14 @@ if "huggingface_hub" in sys.modules:  # imported before this file (a plugin): po
 
     huggingface_hub.constants.HF_HOME = str(_HF_HOME)
     huggingface_hub.constants.HF_HUB_CACHE = str(_HF_HOME / "hub")
+
+
+@pytest.fixture(autouse=True)
+def restore_pipeline_logger():
+    """The CLI configures the `pipeline` logger (its own handler, no propagation), which would hide log lines
+    from caplog in the tests after a CLI test: put it back after each test."""
+    logger = logging.getLogger("pipeline")
+    handlers, propagate, level = list(logger.handlers), logger.propagate, logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate, logger.level = propagate, level

@@ -31,6 +31,7 @@ from pipeline.geometry import (FLIP_YZ, backproject, project_points, scale_intri
                                transform_points)
 from pipeline.info import describe
 from pipeline.readers import open_capture
+from pipeline.workdir import WorkDir
 
 from conftest import SAMPLES
 
@@ -319,7 +320,7 @@ def test_stray_video_one_frame_shorter_than_odometry(tmp_path):
     assert [f.frame_index for f in frames] == list(range(N - 1))
     assert rgb_error(frames[-1].load_rgb(), gt.rgb[N - 2]) < 4.0
     ingest.run(IngestConfig(blur_select=False), path, tmp_path / "wd")
-    manifest = json.loads((tmp_path / "wd" / "capture" / "manifest.json").read_text())
+    manifest = json.loads((WorkDir(tmp_path / "wd").capture / "manifest.json").read_text())
     assert (manifest["summary"]["kept"], manifest["summary"]["skipped_bad"]) == (N - 1, 1)
 
 
@@ -352,7 +353,8 @@ def test_nan_pose_is_left_to_ingest(tmp_path):
     (path / "metadata.json").write_text(json.dumps(meta))
     frames = list(open_capture(path).frames())
     assert len(frames) == N and np.isnan(frames[2].camera_to_world).all()
-    table = CaptureTable.load(ingest.run(IngestConfig(blur_select=False), path, tmp_path / "wd").parent)
+    ingest.run(IngestConfig(blur_select=False), path, tmp_path / "wd")
+    table = CaptureTable.load(tmp_path / "wd")
     assert list(table.frame_index) == [0, 1, 3, 4, 5]
 
 
@@ -384,7 +386,8 @@ def test_ingest_stray_and_r3d_give_the_ground_truth(tmp_path):
     gt = GT()
     for fmt in ("stray", "r3d"):
         path = write(fmt, tmp_path, gt.frames())
-        table = CaptureTable.load(ingest.run(IngestConfig(blur_select=False), path, tmp_path / f"wd-{fmt}").parent)
+        ingest.run(IngestConfig(blur_select=False), path, tmp_path / f"wd-{fmt}")
+        table = CaptureTable.load(tmp_path / f"wd-{fmt}")
         assert list(table.frame_index) == list(range(N))
         assert np.abs(table.camera_to_world - gt.camera_to_world).max() < 1e-5, fmt
         np.testing.assert_array_equal(table.K_rgb[0], K)

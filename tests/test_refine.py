@@ -124,7 +124,7 @@ def drift_runs(tmp_path_factory):
             result = runner.run(override(cfg, "fuse", refine_poses=refine_poses), capture["stray"], workdir,
                                 gt_mesh=capture["gt_mesh"])
             manifest = json.loads((WorkDir(workdir).fuse / "manifest.json").read_text())
-            table = CaptureTable.load(WorkDir(workdir).capture)
+            table = CaptureTable.load(workdir)
             results[drift, refine_poses] = (json.loads(result.eval_path.read_text())["culled"]["fscore"],
                                             fused_camera_to_world(workdir, table), manifest, read_poses(
                                                 WorkDir(workdir).poses_parquet), table)
@@ -200,7 +200,7 @@ def test_real_3dscannerapp_sample_runs_end_to_end_with_refinement(tmp_path):
     cfg = override(PipelineConfig(), "fuse", voxel_size_m=0.03)
     cfg = override(cfg, "depth", model="lidar", long_side_px=256)
     result = runner.run(cfg, SAMPLES / "3dscannerapp_corridor" / "All_Data", tmp_path / "wd")
-    table = CaptureTable.load(WorkDir(tmp_path / "wd").capture)
+    table = CaptureTable.load(tmp_path / "wd")
     frame_index, camera_to_world = read_poses(WorkDir(tmp_path / "wd").poses_parquet)
     assert list(frame_index) == list(table.frame_index) and len(frame_index) >= 12 and np.isfinite(camera_to_world).all()
     moved_m, turned_deg = refine.pose_difference(camera_to_world, table.camera_to_world)

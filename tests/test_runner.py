@@ -16,6 +16,7 @@ from pipeline.capture import CaptureTable
 from pipeline.config import PipelineConfig, override
 from pipeline.geometry import scale_intrinsics
 from pipeline.metrics import mesh_metrics, sample_surface, voxel_downsample
+from pipeline.workdir import WorkDir
 
 VOXEL_M = 0.02
 
@@ -43,11 +44,11 @@ def _mesh_points(path: Path) -> np.ndarray:
 
 def _reference_mesh(workdir: Path, cfg: PipelineConfig) -> np.ndarray:
     """The plain loop a user would write: per frame, read depth, integrate into a VoxelBlockGrid, extract."""
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(workdir)
     grid = o3d.t.geometry.VoxelBlockGrid(("tsdf", "weight", "color"), (o3d.core.float32,) * 3, (1, 1, 3),
                                          voxel_size=VOXEL_M, block_resolution=8, block_count=20000)
     for i in range(len(table)):
-        depth_mm = cv2.imread(str(workdir / "depth" / "lidar" / f"{table.stem(i)}.png"), cv2.IMREAD_UNCHANGED)
+        depth_mm = cv2.imread(str(WorkDir(workdir).depth("lidar") / f"{table.stem(i)}.png"), cv2.IMREAD_UNCHANGED)
         conf = cv2.imread(str(table.root / table.confidence_path[i]), cv2.IMREAD_UNCHANGED)
         conf = cv2.resize(conf, depth_mm.shape[::-1], interpolation=cv2.INTER_NEAREST)
         depth_mm[conf < cfg.fuse.min_confidence] = 0
@@ -90,13 +91,13 @@ def test_run_matches_reference_loop_and_caches(capture, tmp_path, work_done):
     assert work_done == {"_write_frame": 16, "predict": 16, "integrate_frame": 16, "extract": 1, "sampled_points": 2}
     gt = o3d.io.read_triangle_mesh(str(capture["gt_mesh"]))
     gt_pts = _points(np.asarray(gt.vertices), np.asarray(gt.triangles))
-    ours = mesh_metrics(_mesh_points(wd / "mesh.ply"), gt_pts, 0.05)
+    ours = mesh_metrics(_mesh_points(WorkDir(wd).mesh("ply")), gt_pts, 0.05)
     ref = mesh_metrics(_reference_mesh(wd, cfg), gt_pts, 0.05)
     # unculled: 16 frames do not see the whole room, so recall (not precision) limits both
     assert ref["precision"] > 0.95 and ref["fscore"] > 0.6
     assert abs(ours["fscore"] - ref["fscore"]) <= 0.03, (ours, ref)
 
-    ev = json.loads((wd / "eval.json").read_text())
+    ev = json.loads(WorkDir(wd).eval_json.read_text())
     assert set(ev) == {"threshold_m", "downsample_m", "n_frames", "culled", "unculled", "depth"}
     assert ev["n_frames"] == 16 and ev["culled"]["fscore"] > 0.9
 
@@ -108,12 +109,12 @@ def test_run_matches_reference_loop_and_caches(capture, tmp_path, work_done):
     assert second.mesh_paths == first.mesh_paths
 
     # a new voxel size reruns fuse onward, not ingest or depth
-    depth_manifest = (wd / "depth" / "lidar" / "manifest.json").stat().st_mtime_ns
-    capture_manifest = (wd / "capture" / "manifest.json").stat().st_mtime_ns
+    depth_manifest = (WorkDir(wd).depth("lidar") / "manifest.json").stat().st_mtime_ns
+    capture_manifest = (WorkDir(wd).capture / "manifest.json").stat().st_mtime_ns
     runner.run(override(cfg, "fuse", voxel_size_m=0.03), capture["stray"], wd)
-    assert (wd / "depth" / "lidar" / "manifest.json").stat().st_mtime_ns == depth_manifest
-    assert (wd / "capture" / "manifest.json").stat().st_mtime_ns == capture_manifest
-    assert (wd / "mesh.ply").stat().st_mtime_ns != mtimes[wd / "mesh.ply"]
+    assert (WorkDir(wd).depth("lidar") / "manifest.json").stat().st_mtime_ns == depth_manifest
+    assert (WorkDir(wd).capture / "manifest.json").stat().st_mtime_ns == capture_manifest
+    assert WorkDir(wd).mesh("ply").stat().st_mtime_ns != mtimes[WorkDir(wd).mesh("ply")]
 
 
 def test_guided_at_least_lidar_and_cli_report(capture, tmp_path):
@@ -131,5 +132,5 @@ def test_guided_at_least_lidar_and_cli_report(capture, tmp_path):
     assert "depth model: guided" in out.stdout  # auto without weights
     assert f"mesh:        {wd / 'cli' / 'mesh.ply'}" in out.stdout
     assert f"report:      {wd / 'cli' / 'eval.json'}" in out.stdout
-    timings = json.loads((wd / "cli" / "timings.json").read_text())
+    timings = json.loads(WorkDir(wd / "cli").timings_json.read_text())
     assert set(timings["seconds"]) == {"ingest", "depth", "fuse", "mesh", "eval"}

@@ -81,6 +81,11 @@ def make_workdir(root: Path, with_eval: bool = True) -> WorkDir:
     return wd
 
 
+def page_data(page: str) -> dict:
+    """The JSON block the page's script reads (start view, mesh file)."""
+    return json.loads(re.search(r'<script type="application/json" id="view-data">(.*?)</script>', page, re.S).group(1))
+
+
 def glb_triangles(path: Path) -> int:
     data = path.read_bytes()
     json_len = int.from_bytes(data[12:16], "little")
@@ -95,6 +100,7 @@ def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
     for text in ("0.854", "0.730", "0.901", "0.812", "1.23", "2.34",  # F, precision, recall, Acc / Comp in cm
                  "stray", "3 of 7", "promptda-vits", "640×480", "1 cm", "mesh.ply, decimated"):
         assert text in page, text
+    assert "<th>F</th>" in page and "<th>Precision</th>" in page
     assert re.search(r'id="scores-culled">.*0\.854', page) and re.search(r'id="scores-unculled">.*0\.730', page)
     # everything the page loads lies beside it: no URL with a scheme, every reference resolves in view/
     js = (index.parent / "viewer.js").read_text()
@@ -107,7 +113,7 @@ def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
         assert (index.parent / ref).exists(), ref
     for module in ("addons/controls/OrbitControls.js", "addons/loaders/GLTFLoader.js", "three.core.js"):
         assert (index.parent / "three" / module).is_file()
-    data = json.loads(re.search(r'<script type="application/json" id="view-data">(.*?)</script>', page, re.S).group(1))
+    data = page_data(page)
     np.testing.assert_allclose(data["start"]["eye"], EYE)
     np.testing.assert_allclose(data["start"]["forward"], [0, 0, -1], atol=1e-12)
     assert data["start"]["vfov_deg"] == pytest.approx(np.degrees(2 * np.arctan(TAN_HALF_VFOV)), abs=1e-3)
@@ -130,17 +136,26 @@ def test_rerun_is_up_to_date_and_a_new_eval_rewrites_the_page(tmp_path):
     manifest_ns = Manifest.path_in(wd.view).stat().st_mtime_ns
     view.run(ViewConfig(), tmp_path)
     assert Manifest.path_in(wd.view).stat().st_mtime_ns == manifest_ns
+    mesh_ns = (wd.view / "mesh.glb").stat().st_mtime_ns
     wd.eval_json.write_text(json.dumps(EVAL))
     assert "0.854" in view.run(ViewConfig(), tmp_path).read_text()
+    assert (wd.view / "mesh.glb").stat().st_mtime_ns == mesh_ns  # new scores, same mesh: not decimated again
+    assert "mesh.ply, decimated" in view.run(ViewConfig(target_triangles=1000), tmp_path).read_text()
+    assert (wd.view / "mesh.glb").stat().st_mtime_ns != mesh_ns
 
 
 def test_ar_export_is_preferred_and_copied_unchanged(tmp_path):
     wd = make_workdir(tmp_path)
     mesh = wall(4)
-    ar = write_glb(view.ar_mesh(wd), mesh.vertices, mesh.triangles, colors_rgb8=mesh.colors)
+    offset_m = np.array([1.0, 0.0, -2.0])  # an export with --recenter moved the mesh by this
+    ar = write_glb(view.ar_mesh(wd), mesh.vertices + offset_m, mesh.triangles, colors_rgb8=mesh.colors)
+    Manifest("export-ar", "test", ["mesh.glb"], {}, {"recenter_offset_m": offset_m.tolist()}).write(ar.parent)
     index = view.run(ViewConfig(), tmp_path)
     assert (index.parent / "mesh.glb").read_bytes() == ar.read_bytes()
-    assert "AR export (textured)" in index.read_text()
+    page = index.read_text()
+    assert "AR export (textured)" in page
+    data = page_data(page)
+    np.testing.assert_allclose(data["start"]["eye"], EYE + offset_m)  # the camera moved with the mesh
 
 
 def test_compare_figures_are_copied_and_listed(tmp_path):
@@ -155,6 +170,13 @@ def test_compare_figures_are_copied_and_listed(tmp_path):
     assert (wd.view / "figures" / figure.name).read_bytes() == figure.read_bytes()
     assert 'src="figures/fscore_vs_threshold.png"' in page
     assert "0.911" in page and "no weights" in page and "<th>guided</th>" in page
+
+
+def test_cli_target_triangles_reaches_the_mesh(tmp_path):
+    wd = make_workdir(tmp_path)
+    result = CliRunner().invoke(cli, ["view", str(tmp_path), "--target-triangles", "500"])
+    assert result.exit_code == 0 and f"view: {wd.view / 'index.html'}" in result.output
+    assert 400 <= glb_triangles(wd.view / "mesh.glb") <= 500
 
 
 def test_cli_without_mesh_is_one_line_error(tmp_path):
@@ -220,3 +242,42 @@ def test_chromium_measures_between_two_picked_points_in_metres(tmp_path):
 def test_view_without_mesh_raises(tmp_path):
     with pytest.raises(PromptmeshError, match="no mesh to show"):
         view.run(ViewConfig(), tmp_path)
+
+
+@needs_chromium
+def test_chromium_shows_a_textured_ar_export(tmp_path):
+    """An AR export textured like the wall (glTF UV (0, 0) at the image's top-left): the texture reaches the
+    screen through the page's TextureLoader (createImageBitmap never resolves under SwiftShader) unchanged."""
+    wd = make_workdir(tmp_path)
+    mesh = wall(8)
+    uv = np.stack([(mesh.vertices[:, 0] - WALL_X_M[0]) / 3.0, (WALL_Y_M[1] - mesh.vertices[:, 1]) / 3.0], 1)
+    n = 64
+    centres = (np.arange(n) + 0.5) / n
+    texture = np.rint([[wall_colour(WALL_X_M[0] + 3 * u, WALL_Y_M[1] - 3 * v) for u in centres] for v in centres])
+    ok, png = cv2.imencode(".png", cv2.cvtColor(texture.astype(np.uint8), cv2.COLOR_RGB2BGR))
+    write_glb(view.ar_mesh(wd), mesh.vertices, mesh.triangles, uv=uv, texture=png.tobytes(), texture_mime="image/png")
+    index = view.run(ViewConfig(), tmp_path)
+    png_path = tmp_path / "shot.png"
+    with serving(index.parent) as base:
+        chromium(base + "index.html", screenshot=png_path, window_wh=(1000, 700))
+    shot = cv2.cvtColor(cv2.imread(str(png_path)), cv2.COLOR_BGR2RGB).astype(int)
+    h, w = shot.shape[:2]
+    np.testing.assert_allclose(shot[h // 2, w // 2], wall_colour(0.0, 1.5), atol=5)
+    np.testing.assert_allclose(shot[h // 4, w // 2], wall_colour(0.0, 1.5 + TAN_HALF_VFOV), atol=5)
+
+
+def test_serving_on_a_taken_port_is_one_line_error(tmp_path):
+    first = view.server(tmp_path, 0)
+    try:
+        with pytest.raises(PromptmeshError, match=rf"127\.0\.0\.1:{first.server_address[1]}: cannot serve there"):
+            view.server(tmp_path, first.server_address[1])
+    finally:
+        first.server_close()
+
+
+@needs_chromium
+def test_page_opened_as_a_file_says_to_serve_it(tmp_path):
+    make_workdir(tmp_path)
+    dom = chromium(view.run(ViewConfig(), tmp_path).as_uri())
+    assert "promptmesh view WORKDIR --serve" in re.search(r'<p id="status"[^>]*>([^<]*)</p>', dom).group(1)
+    assert "0.854" in dom  # the scores are there all the same

@@ -30,10 +30,12 @@ from bench_common import BENCHMARKS_MD, DEFAULT_CACHE, REPO, load_average, machi
 
 sys.path.insert(0, str(REPO))
 from pipeline import depth, evaluate, fuse, ingest, mesh  # noqa: E402
+from pipeline.artifacts import Manifest  # noqa: E402
 from pipeline.capture import CaptureTable  # noqa: E402
 from pipeline.config import PipelineConfig, override  # noqa: E402
 from pipeline.poses import fused_camera_to_world  # noqa: E402
 from pipeline.refine import pose_difference  # noqa: E402
+from pipeline.workdir import WorkDir  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -56,27 +58,27 @@ def render(cache: Path, drift_m: float, drift_deg: float, frames: int, width: in
 
 def measure(capture: Path, cfg: PipelineConfig, repeats: int) -> dict:
     """{refine_poses: {f, f2, fuse_s, refine_s, error_mean_m, error_max_m}} on one capture."""
-    workdir = capture / "work"
-    ingest.run(cfg.ingest, capture / "stray", workdir)
-    depth.run(cfg.depth, workdir)
-    table = CaptureTable.load(workdir / "capture")
+    root = WorkDir(capture / "work")
+    ingest.run(cfg.ingest, capture / "stray", root)
+    depth.run(cfg.depth, root)
+    table = CaptureTable.load(root)
     gt = np.load(capture / "gt_poses.npy")
+    variants = {refine_poses: WorkDir(root, root.root / ("refined" if refine_poses else "unrefined"))
+                for refine_poses in (False, True)}
     seconds: dict[bool, list] = {False: [], True: []}
     for r in range(repeats):
         for refine_poses in ((False, True) if r % 2 == 0 else (True, False)):
             fuse_cfg = dataclasses.replace(cfg.fuse, refine_poses=refine_poses)
-            out = workdir / ("refined" if refine_poses else "unrefined")
-            manifest = json.loads((fuse.run(fuse_cfg, workdir, "lidar", out_dir=out, force=True)
-                                   / "manifest.json").read_text())["summary"]
-            seconds[refine_poses].append((manifest["seconds"], manifest["seconds_refine"]))
+            fuse.run(fuse_cfg, variants[refine_poses], "lidar", force=True)
+            summary = Manifest.read(variants[refine_poses].fuse).summary
+            seconds[refine_poses].append((summary["seconds"], summary["seconds_refine"]))
     results = {}
-    for refine_poses in (False, True):
-        out = workdir / ("refined" if refine_poses else "unrefined")
-        mesh.run(cfg.mesh, workdir, out_dir=out, force=True)
-        evaluate.run(cfg.eval, workdir, capture / "gt_mesh.ply", out_dir=out, force=True)
-        report = json.loads(evaluate.eval_path(out).read_text())
-        curve = json.loads(evaluate.curve_path(out).read_text())
-        error_m, _ = pose_difference(fused_camera_to_world(out, table), gt)
+    for refine_poses, wd in variants.items():
+        mesh.run(cfg.mesh, wd, force=True)
+        evaluate.run(cfg.eval, wd, capture / "gt_mesh.ply", force=True)
+        report = json.loads(wd.eval_json.read_text())
+        curve = json.loads(wd.eval_curve.read_text())
+        error_m, _ = pose_difference(fused_camera_to_world(wd, table), gt)
         results[refine_poses] = {
             "f": report["culled"]["fscore"],
             "f2": curve["culled"]["fscore"][curve["thresholds_m"].index(0.02)],

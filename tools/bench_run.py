@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, check, load_average, machine_line, median,  # noqa: E402
                           promptmesh_cmd, write_table, run_measured, setup_logging, synthetic_capture)
+from pipeline.workdir import WorkDir
 
 log = logging.getLogger("bench")
 
@@ -80,9 +81,9 @@ def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool
         shutil.rmtree(workdir)
     m = check(run_measured(promptmesh_cmd("-q", "run", str(capture), "-o", str(workdir), "--depth-model", "lidar",
                                           *extra), cwd=checkout), f"promptmesh run {' '.join(extra)}")
-    timings = json.loads((workdir / "timings.json").read_text())["seconds"]
-    fuse_summary = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
-    mesh_summary = json.loads((workdir / "mesh" / "manifest.json").read_text())["summary"]
+    timings = json.loads(WorkDir(workdir).timings_json.read_text())["seconds"]
+    fuse_summary = json.loads((WorkDir(workdir).fuse / "manifest.json").read_text())["summary"]
+    mesh_summary = json.loads((WorkDir(workdir).mesh_stage / "manifest.json").read_text())["summary"]
     return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss": m.peak_rss_bytes, **{s: timings.get(s, 0.0) for s in STAGES},
             "integrate": fuse_summary["seconds_integrate"], "save": fuse_summary["seconds_save"],
             "triangles": mesh_summary["triangles"]}

@@ -12,10 +12,11 @@ from typing import Callable
 
 from ..config import ExportConfig
 from ..errors import PromptmeshError
-from . import ar
+from . import ar, nerfstudio
 
 PRESETS: dict[str, Callable[..., list[Path]]] = {
     "ar": ar.run,
+    "nerfstudio": nerfstudio.run,
 }
 """Preset name -> its module's run(cfg, workdir, force)."""
 

@@ -120,3 +120,37 @@ def write_glb(path: Path, vertices: np.ndarray, triangles: np.ndarray, *, normal
                      struct.pack("<I4s", len(json_chunk), b"JSON"), json_chunk,
                      struct.pack("<I4s", len(blob), b"BIN\x00"), bytes(blob)])
     return atomic_write_bytes(Path(path), data)
+
+
+COMPONENT_DTYPES = {FLOAT: "<f4", UNSIGNED_BYTE: "u1", UNSIGNED_SHORT: "<u2", UNSIGNED_INT: "<u4"}
+TYPE_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
+
+
+def read_glb(path: Path) -> tuple[dict, dict[str, np.ndarray], Optional[bytes]]:
+    """(glTF JSON, the first primitive's arrays, the first image's bytes or None) of a GLB written by
+    write_glb. Arrays: "indices" (T,3) int64 and each attribute by name (POSITION (V,3) float32, COLOR_0 (V,4)
+    uint8, TEXCOORD_0 (V,2) float32, ...). For reading our own files back (tests, benchmarks)."""
+    data = Path(path).read_bytes()
+    magic, version, total = struct.unpack_from("<4sII", data, 0)
+    json_length, json_type = struct.unpack_from("<I4s", data, 12)
+    if (magic, version, total, json_type) != (b"glTF", 2, len(data), b"JSON"):
+        raise ValueError(f"{path}: not a glTF 2.0 binary")
+    gltf = json.loads(data[20:20 + json_length])
+    blob = data[28 + json_length:]
+
+    def view_bytes(index: int) -> bytes:
+        view = gltf["bufferViews"][index]
+        return blob[view.get("byteOffset", 0):view.get("byteOffset", 0) + view["byteLength"]]
+
+    def accessor(index: int) -> np.ndarray:
+        a = gltf["accessors"][index]
+        width = TYPE_WIDTH[a["type"]]
+        flat = np.frombuffer(view_bytes(a["bufferView"]), COMPONENT_DTYPES[a["componentType"]], a["count"] * width,
+                             a.get("byteOffset", 0))
+        return flat.reshape(a["count"], width) if width > 1 else flat
+
+    primitive = gltf["meshes"][0]["primitives"][0]
+    arrays = {name: accessor(i) for name, i in primitive["attributes"].items()}
+    arrays["indices"] = accessor(primitive["indices"]).astype(np.int64).reshape(-1, 3)
+    image = view_bytes(gltf["images"][0]["bufferView"]) if gltf.get("images") else None
+    return gltf, arrays, image

@@ -164,8 +164,9 @@ document.getElementById('view-start').addEventListener('click', startView);
 document.getElementById('view-fit').addEventListener('click', fitView);
 
 // ------------------------------------------------------------------------------------------ loading
-// GLTFLoader decodes embedded textures with createImageBitmap where the browser has it; in headless
-// Chromium with SwiftShader that path never resolves, so its parser gets a TextureLoader (an <img>) instead.
+// GLTFLoader decodes embedded textures with createImageBitmap where the browser has it; that path has been seen
+// never to resolve in headless Chromium with SwiftShader, so its parser gets a TextureLoader (an <img> element,
+// which every browser has) instead.
 const loader = new GLTFLoader();
 loader.register((parser) => {
   parser.textureLoader = new THREE.TextureLoader(parser.options.manager);
