@@ -42,7 +42,7 @@ from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, i
 from .capture import CaptureTable
 from .config import EvalConfig
 from .errors import PromptmeshError
-from .geometry import output_size, scale_intrinsics
+from .geometry import camera_rays, output_size, scale_intrinsics
 from .images import REDO, read_depth_m
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       voxel_downsample)
@@ -105,13 +105,7 @@ def render_depth(scene, K: np.ndarray, camera_to_world: np.ndarray, size_wh: tup
     """
     import open3d as o3d
 
-    w, h = size_wh
-    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    dirs_world = dirs_cam @ camera_to_world[:3, :3].T  # camera z component 1: ray parameter = z-depth
-    origins = np.broadcast_to(camera_to_world[:3, 3], dirs_world.shape)
-    rays = np.concatenate([origins, dirs_world], -1).astype(np.float32)
-    return scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+    return scene.cast_rays(o3d.core.Tensor(camera_rays(K, camera_to_world, size_wh)))["t_hit"].numpy()
 
 
 def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
