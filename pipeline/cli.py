@@ -95,6 +95,12 @@ def opt_voxel(f):
                         help="TSDF voxel edge in metres. [default: 0.01]")(f)
 
 
+def opt_refine(f):
+    return click.option("--no-refine-poses", is_flag=True, default=False,
+                        help="Fuse with the capture's poses as they are: no correction of ARKit's drift (fuse "
+                             "refine_poses = false). [default: refine]")(f)
+
+
 def opt_format(f):
     return click.option("--format", "formats", multiple=True, type=click.Choice(["ply", "obj", "glb"]),
                         help="Mesh export format(s), repeatable: mesh.ply / mesh.obj / mesh.glb with vertex "
@@ -108,12 +114,13 @@ def opt_force(f):
 
 def _build_config(config_path: Optional[Path], stride=None, max_frames=None, no_blur_select=False,
                   depth_model=None, weights=None, device=None, long_side_px=None, voxel_size_m=None,
-                  formats=()) -> PipelineConfig:
+                  formats=(), no_refine_poses=False) -> PipelineConfig:
     cfg = load_config(config_path)
     cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames,
                    blur_select=False if no_blur_select else None)
     cfg = override(cfg, "depth", model=depth_model, weights=weights, device=device, long_side_px=long_side_px)
-    cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device)
+    cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device,
+                   refine_poses=False if no_refine_poses else None)
     cfg = override(cfg, "mesh", formats=tuple(formats) or None)
     return cfg
 
@@ -140,11 +147,12 @@ def cli(verbose: int, quiet: bool) -> None:
               help="Ground-truth mesh (metres, capture world frame): also evaluate and write eval.json.")
 @opt_frames
 @opt_voxel
+@opt_refine
 @opt_format
 @opt_force
 @_guard
 def run(capture, workdir, config_path, depth_model, weights, device, long_side_px, gt_mesh, stride, max_frames,
-        no_blur_select, voxel_size_m, formats, force):
+        no_blur_select, voxel_size_m, no_refine_poses, formats, force):
     """All stages on CAPTURE: ingest, depth, fuse, mesh (and eval with --gt-mesh).
 
     \b
@@ -155,7 +163,7 @@ def run(capture, workdir, config_path, depth_model, weights, device, long_side_p
     from . import runner
 
     cfg = _build_config(config_path, stride, max_frames, no_blur_select, depth_model, weights, device,
-                        long_side_px, voxel_size_m, formats)
+                        long_side_px, voxel_size_m, formats, no_refine_poses)
     result = runner.run(cfg, capture, workdir, gt_mesh=gt_mesh, force=force)
     click.echo(result.report())
 
@@ -212,16 +220,19 @@ def depth(workdir, config_path, depth_model, weights, device, long_side_px, forc
 @opt_config
 @click.option("--depth-model", type=click.Choice(DEPTH_MODELS), help="Which depth/<model>/ to fuse. [default: auto]")
 @opt_voxel
+@opt_refine
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="TSDF device. [default: auto]")
 @opt_force
 @_guard
-def fuse(workdir, config_path, depth_model, voxel_size_m, device, force):
-    """Integrate WORKDIR/depth/<model>/ into a TSDF volume (Open3D VoxelBlockGrid) in WORKDIR/fuse/."""
+def fuse(workdir, config_path, depth_model, voxel_size_m, no_refine_poses, device, force):
+    """Integrate WORKDIR/depth/<model>/ into a TSDF volume (Open3D VoxelBlockGrid) in WORKDIR/fuse/, with the
+    poses refined first (WORKDIR/fuse/poses.parquet: the pose each frame was fused with)."""
     from . import fuse as stage
     from .artifacts import WorkdirLock
     from .depth import resolve_model_name
 
-    cfg = _build_config(config_path, depth_model=depth_model, voxel_size_m=voxel_size_m, device=device)
+    cfg = _build_config(config_path, depth_model=depth_model, voxel_size_m=voxel_size_m, device=device,
+                        no_refine_poses=no_refine_poses)
     with WorkdirLock(workdir):
         path = stage.run(cfg.fuse, workdir, depth_model=resolve_model_name(cfg.depth), force=force)
     click.echo(f"tsdf: {path}")

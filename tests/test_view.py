@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -156,6 +157,9 @@ def test_ar_export_is_preferred_and_copied_unchanged(tmp_path):
     assert "AR export (textured)" in page
     data = page_data(page)
     np.testing.assert_allclose(data["start"]["eye"], EYE + offset_m)  # the camera moved with the mesh
+    later_ns = ar.stat().st_mtime_ns + 10**9
+    os.utime(wd.mesh("ply"), ns=(later_ns, later_ns))  # mesh.ply redone after the export: it shows an old mesh
+    assert "mesh.ply, decimated" not in page and "AR export" not in view.run(ViewConfig(), tmp_path).read_text()
 
 
 def test_compare_figures_are_copied_and_listed(tmp_path):
