@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 
 from .errors import PromptmeshError
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
@@ -269,8 +270,8 @@ class WorkdirLock:
     taken, temporaries left by killed writers in the work directory are deleted (`remove_temporaries`).
     """
 
-    def __init__(self, workdir: Path):
-        self.path = Path(workdir) / ".lock"
+    def __init__(self, workdir: "WorkDirLike"):
+        self.path = WorkDir(workdir).lock
         self.fd: Optional[int] = None
 
     @property

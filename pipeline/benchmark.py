@@ -39,10 +39,10 @@ from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json,
                         fingerprint, is_current, upstream_fingerprint)
 from .config import PipelineConfig, validate
 from .errors import PromptmeshError
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
-SCENE_RESULT = "benchmark_scene.json"
 PROTOCOLS = ("default", "promptda-table2")
 
 SCENE_LISTS: dict[str, tuple[str, ...]] = {
@@ -122,24 +122,24 @@ def table2_metrics(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_ver
                         ev.threshold_m)
 
 
-def run_table2_eval(ev: Table2Eval, out_dir: Path, gt_mesh: Path, force: bool = False) -> Path:
+def run_table2_eval(ev: Table2Eval, workdir: WorkDirLike, gt_mesh: Path, force: bool = False) -> Path:
     """OUT/mesh.ply against `gt_mesh` with `table2_metrics` -> OUT/eval_table2.json (cached like a stage)."""
     from .evaluate import load_mesh
-    from .mesh import mesh_dir, mesh_path
 
-    stage_dir = Path(out_dir) / "eval_table2"
-    out = Path(out_dir) / "eval_table2.json"
-    stamp = fingerprint("eval-table2", ev, [upstream_fingerprint(mesh_dir(out_dir), "mesh"), file_sha256(gt_mesh)])
+    wd = WorkDir(workdir)
+    stage_dir = wd.eval_table2
+    out = wd.eval_table2_json
+    stamp = fingerprint("eval-table2", ev, [upstream_fingerprint(wd.mesh_stage, "mesh"), file_sha256(gt_mesh)])
     if not force and is_current(stage_dir, stamp):
         return out
     t0 = time.perf_counter()
     gt_vertices, _ = load_mesh(gt_mesh, "ground-truth mesh")
-    pred_vertices, pred_triangles = load_mesh(mesh_path(out_dir, "ply"), "predicted mesh")
+    pred_vertices, pred_triangles = load_mesh(wd.mesh("ply"), "predicted mesh")
     report = {"threshold_m": ev.threshold_m, "downsample_m": ev.downsample_m, "crop_margin_m": ev.crop_margin_m,
               "keep_largest_clusters": ev.keep_largest_clusters,
               **table2_metrics(pred_vertices, pred_triangles, gt_vertices, ev)}
     atomic_write_json(out, report)
-    Manifest("eval-table2", stamp, outputs=["../eval_table2.json"], settings={"ev": ev},
+    Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings={"ev": ev},
              summary={"seconds": round(time.perf_counter() - t0, 3)}).write(stage_dir)
     log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", ev.threshold_m * 100,
              report["fscore"], report["accuracy_m"] * 100, report["completeness_m"] * 100, out)
@@ -192,7 +192,7 @@ class SceneJob:
 
     scene_id: str
     scene_dir: Path
-    workdir: Path
+    workdir: WorkDir
     gt_mesh: Optional[Path]
     reader: Any
     """A configured reader (frozen dataclass), e.g. ScanNetPPReader(pose_source="merged")."""
@@ -210,13 +210,9 @@ class SceneJob:
                 "protocol": self.protocol, "table2": self.table2 if self.protocol == "promptda-table2" else None}
 
 
-def scene_result_path(workdir: Path) -> Path:
-    return Path(workdir) / SCENE_RESULT
-
-
 def finished(job: SceneJob) -> Optional[dict]:
     """The scene's stored result when it was produced with the job's settings."""
-    path = scene_result_path(job.workdir)
+    path = job.workdir.benchmark_scene_json
     if job.force or not path.is_file():
         return None
     try:
@@ -229,7 +225,7 @@ def finished(job: SceneJob) -> Optional[dict]:
 def run_scene(job: SceneJob) -> dict:
     """ingest -> per model: depth -> (fuse -> mesh -> eval [-> Table 2 eval]) | depth metrics; returns and
     stores {"scene", "models": {model: eval dict}, "skipped": {model: why}, "seconds", "fingerprint"}."""
-    from . import compare, depth, evaluate, fuse, ingest, mesh
+    from . import depth, evaluate, fuse, ingest, mesh
     from .capture import CaptureTable
 
     done = finished(job)
@@ -251,16 +247,15 @@ def run_scene(job: SceneJob) -> dict:
                 skipped[model] = str(e)
                 continue
             if job.gt_mesh is None:
-                sums = evaluate.depth_errors(job.workdir, CaptureTable.load(job.workdir / "capture"), model)
+                sums = evaluate.depth_errors(job.workdir, CaptureTable.load(job.workdir), model)
                 if sums is None:
                     raise PromptmeshError(f"{job.scene_dir}: neither a GT mesh nor GT depth to evaluate against")
                 results[model] = {"depth": sums.metrics()}
                 continue
-            out = compare.model_dir(job.workdir, model)
-            fuse.run(cfg.fuse, job.workdir, depth_model=model, out_dir=out, force=job.force)
-            mesh.run(cfg.mesh, job.workdir, out_dir=out, force=job.force)
-            report = json.loads(evaluate.run(cfg.eval, job.workdir, gt_mesh=job.gt_mesh, out_dir=out,
-                                             force=job.force).read_text())
+            out = job.workdir.compare_model(model)
+            fuse.run(cfg.fuse, out, depth_model=model, force=job.force)
+            mesh.run(cfg.mesh, out, force=job.force)
+            report = json.loads(evaluate.run(cfg.eval, out, gt_mesh=job.gt_mesh, force=job.force).read_text())
             if job.protocol == "promptda-table2":
                 report["table2"] = json.loads(run_table2_eval(job.table2, out, job.gt_mesh, job.force).read_text())
             results[model] = report
@@ -269,7 +264,7 @@ def run_scene(job: SceneJob) -> dict:
     result = {"scene": job.scene_id, "models": results, "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 2),
               "fingerprint": fingerprint("benchmark-scene", job.settings())}
-    atomic_write_json(scene_result_path(job.workdir), result)
+    atomic_write_json(job.workdir.benchmark_scene_json, result)
     log.info("benchmark: %s finished in %.1f s", job.scene_id, result["seconds"])
     return result
 
@@ -343,14 +338,14 @@ def run(cfg: PipelineConfig, root: Path, out: Path, dataset: str, scenes: list[s
     """
     if protocol not in PROTOCOLS:
         raise PromptmeshError(f"--protocol {protocol!r}: choose one of {list(PROTOCOLS)}")
-    out = Path(out)
+    out = WorkDir(out)
     scene_dirs = select_scenes(root, dataset, scenes)
     gt_of = _datasets()[dataset][1]
     reader = make_reader(dataset, pose_source)
     table2 = Table2Eval(threshold_m=cfg.eval.threshold_m, downsample_m=cfg.eval.downsample_m,
                         keep_largest_clusters=keep_largest_clusters)
     level = logging.getLogger("pipeline").getEffectiveLevel()
-    all_jobs = [SceneJob(sid, d, out / "scenes" / sid, _existing(gt_of(d)), reader, cfg, tuple(models), protocol,
+    all_jobs = [SceneJob(sid, d, out.scene(sid), _existing(gt_of(d)), reader, cfg, tuple(models), protocol,
                          table2, force, level) for sid, d in scene_dirs.items()]
     results: dict[str, dict] = {}
     todo = []
@@ -484,15 +479,16 @@ def chart(path: Path, results: dict[str, dict], mean: dict[str, dict], protocol:
     return path
 
 
-def write_reports(out: Path, results: dict[str, dict], failed: dict[str, str], dataset: str, protocol: str,
+def write_reports(out: WorkDirLike, results: dict[str, dict], failed: dict[str, str], dataset: str, protocol: str,
                   models: list[str], cfg: PipelineConfig, pose_source: str) -> Path:
+    out = WorkDir(out)
     mean = mean_over_scenes(results, models)
-    png = chart(out / "benchmark.png", results, mean, protocol)
-    atomic_write_json(out / "benchmark.json", {
+    png = chart(out.benchmark_report("png"), results, mean, protocol)
+    atomic_write_json(out.benchmark_report("json"), {
         "dataset": dataset, "protocol": protocol, "pose_source": pose_source if dataset == "scannetpp" else None,
         "config": cfg, "models": models, "mean": mean, "failed": failed,
         "scenes": {sid: {k: v for k, v in r.items() if k != "fingerprint"} for sid, r in results.items()}})
-    md = out / "benchmark.md"
+    md = out.benchmark_report("md")
     atomic_write_text(md, markdown(results, mean, failed, dataset, protocol, cfg, png))
     log.info("benchmark: %d scenes, %d failed -> %s", len(results), len(failed), md)
     return md

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from .artifacts import atomic_output
 from .errors import PromptmeshError
+from .workdir import WorkDir, WorkDirLike
 
 FRAMES_SCHEMA = pa.schema(
     [
@@ -125,9 +126,10 @@ class CaptureTable:
         return Path(self.rgb_path[i]).stem
 
     @classmethod
-    def load(cls, capture_dir: Path) -> "CaptureTable":
-        capture_dir = Path(capture_dir)
-        path = capture_dir / "frames.parquet"
+    def load(cls, workdir: WorkDirLike) -> "CaptureTable":
+        """The ingested capture of a work directory (its frames.parquet); paths in it are relative to `root`."""
+        wd = WorkDir(workdir)
+        capture_dir, path = wd.capture, wd.frames_parquet
         if not path.exists():
             raise PromptmeshError(f"{path}: not found; run `promptmesh ingest CAPTURE -o WORKDIR` first")
         try:

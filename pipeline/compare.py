@@ -24,6 +24,7 @@ from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
 from .images import REDO, read_depth_m, read_image
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
@@ -42,46 +43,42 @@ TABLE_COLUMNS = [  # (header, section, key, scale, format)
 ]
 
 
-def model_dir(workdir: Path, model: str) -> Path:
-    return Path(workdir) / "compare" / model
-
-
-def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Path, models: list[str],
+def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Path, models: list[str],
         force: bool = False) -> Path:
     """Compare `models` on `capture`; returns the path of compare.md."""
-    workdir = Path(workdir)
+    wd = WorkDir(workdir)
     gt_mesh = Path(gt_mesh)
     if not gt_mesh.is_file():
         raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
     results: dict[str, dict] = {}
     skipped: dict[str, str] = {}
-    with WorkdirLock(workdir):
-        ingest.run(cfg.ingest, capture, workdir, force=force)
+    with WorkdirLock(wd):
+        ingest.run(cfg.ingest, capture, wd, force=force)
         for model in models:
             log.info("compare: %s", model)
             try:
-                depth.run(dataclasses.replace(cfg.depth, model=model), workdir, force=force)
+                depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force)
             except PromptmeshError as e:
                 if not model.startswith("promptda"):
                     raise
                 log.warning("compare: %s skipped: %s", model, e)
                 skipped[model] = str(e)
                 continue
-            out = model_dir(workdir, model)
-            fuse.run(cfg.fuse, workdir, depth_model=model, out_dir=out, force=force)
-            mesh.run(cfg.mesh, workdir, out_dir=out, force=force)
-            eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, out_dir=out, force=force)
+            out = wd.compare_model(model)
+            fuse.run(cfg.fuse, out, depth_model=model, force=force)
+            mesh.run(cfg.mesh, out, force=force)
+            eval_path = evaluate.run(cfg.eval, out, gt_mesh=gt_mesh, force=force)
             results[model] = json.loads(Path(eval_path).read_text())
-            curve = json.loads(evaluate.curve_path(out).read_text())
+            curve = json.loads(out.eval_curve.read_text())
             if "depth" in results[model]:  # metrics are on pixels valid in both: show how many those are
                 results[model]["depth"]["coverage"] = curve["depth"]["coverage"]
         if not results:
             raise PromptmeshError(f"compare: no model could run ({skipped}); add lidar or guided to --depth-models")
-        figures = _figures(workdir, gt_mesh, list(results), cfg)
-        atomic_write_json(workdir / "compare.json", {"models": results, "skipped": skipped,
-                                                     "figures": [str(p.relative_to(workdir)) for p in figures]})
-        md = workdir / "compare.md"
-        atomic_write_text(md, _markdown(results, skipped, figures, workdir, cfg))
+        figures = _figures(wd, gt_mesh, list(results), cfg)
+        atomic_write_json(wd.compare_json, {"models": results, "skipped": skipped,
+                                            "figures": [str(p.relative_to(wd.root)) for p in figures]})
+        md = wd.compare_md
+        atomic_write_text(md, _markdown(results, skipped, figures, wd, cfg))
     log.info("compare: %d models -> %s", len(results), md)
     return md
 
@@ -90,7 +87,7 @@ def _voxel_text(voxel_size_m: float) -> str:
     return f"{voxel_size_m * 100:g} cm" if voxel_size_m > 0 else "automatic (from the median LiDAR depth)"
 
 
-def _markdown(results: dict, skipped: dict, figures: list[Path], workdir: Path, cfg: PipelineConfig) -> str:
+def _markdown(results: dict, skipped: dict, figures: list[Path], wd: WorkDir, cfg: PipelineConfig) -> str:
     cols = [c for c in TABLE_COLUMNS if any(c[1] in r for r in results.values())]
     lines = ["# Depth model comparison", "",
              f"TSDF voxel {_voxel_text(cfg.fuse.voxel_size_m)}, depth long side {cfg.depth.long_side_px} px; mesh "
@@ -103,20 +100,19 @@ def _markdown(results: dict, skipped: dict, figures: list[Path], workdir: Path, 
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     if skipped:
         lines += ["", "Skipped:"] + [f"- `{m}`: {why}" for m, why in skipped.items()]
-    lines += [""] + [f"![{p.stem}]({p.relative_to(workdir)})" for p in figures] + [""]
+    lines += [""] + [f"![{p.stem}]({p.relative_to(wd.root)})" for p in figures] + [""]
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- figures
-def _figures(workdir: Path, gt_mesh: Path, models: list[str], cfg: PipelineConfig) -> list[Path]:
+def _figures(wd: WorkDir, gt_mesh: Path, models: list[str], cfg: PipelineConfig) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    fig_dir = workdir / "compare" / "figures"
     return [
-        _depth_figure(workdir, models, fig_dir / "depth_and_error.png"),
-        _fscore_figure(workdir, models, fig_dir / "fscore_vs_threshold.png"),
-        _topdown_figure(workdir, gt_mesh, models, cfg, fig_dir / "topdown_error.png"),
+        _depth_figure(wd, models, wd.compare_figures / "depth_and_error.png"),
+        _fscore_figure(wd, models, wd.compare_figures / "fscore_vs_threshold.png"),
+        _topdown_figure(wd, gt_mesh, models, cfg, wd.compare_figures / "topdown_error.png"),
     ]
 
 
@@ -129,13 +125,13 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 3) -> Path:
+def _depth_figure(wd: WorkDir, models: list[str], path: Path, n_frames: int = 3) -> Path:
     """Rows = a few frames; columns = RGB, GT depth (if any), each model's depth and |error| maps."""
     import matplotlib.pyplot as plt
 
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(wd)
     picks = np.linspace(0, len(table) - 1, min(n_frames, len(table))).round().astype(int)
-    gt_dir = workdir / "capture" / "gt_depth"
+    gt_dir = wd.gt_depth
     has_gt = gt_dir.is_dir()
     ncols = 1 + has_gt + len(models) * (1 + has_gt)
     fig, axes = plt.subplots(len(picks), ncols, figsize=(2.6 * ncols, 2.1 * len(picks)), squeeze=False)
@@ -149,7 +145,7 @@ def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 
             panels.append(("GT depth", gt, "depth"))
         vmax = float(np.percentile(gt[gt > 0], 99)) if gt is not None and (gt > 0).any() else None
         for m in models:
-            pred = read_depth_m(workdir / "depth" / m / f"{stem}.png", REDO)
+            pred = read_depth_m(wd.depth(m) / f"{stem}.png", REDO)
             if vmax is None and (pred > 0).any():
                 vmax = float(np.percentile(pred[pred > 0], 99))
             panels.append((m, pred, "depth"))
@@ -171,13 +167,13 @@ def _depth_figure(workdir: Path, models: list[str], path: Path, n_frames: int = 
     return _save(fig, path)
 
 
-def _fscore_figure(workdir: Path, models: list[str], path: Path) -> Path:
+def _fscore_figure(wd: WorkDir, models: list[str], path: Path) -> Path:
     """F-score against threshold (1-10 cm) per model, culled (solid) and unculled (dashed)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for m in models:
-        curve = json.loads((evaluate.curve_path(model_dir(workdir, m))).read_text())
+        curve = json.loads(wd.compare_model(m).eval_curve.read_text())
         t_cm = np.asarray(curve["thresholds_m"]) * 100
         line, = ax.plot(t_cm, curve["culled"]["fscore"], marker="o", ms=3, label=f"{m}")
         ax.plot(t_cm, curve["unculled"]["fscore"], ls="--", color=line.get_color(), alpha=0.6)
@@ -189,7 +185,7 @@ def _fscore_figure(workdir: Path, models: list[str], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _topdown_figure(workdir: Path, gt_mesh: Path, models: list[str], cfg: PipelineConfig, path: Path) -> Path:
+def _topdown_figure(wd: WorkDir, gt_mesh: Path, models: list[str], cfg: PipelineConfig, path: Path) -> Path:
     """Each model's mesh seen from above (world y up), vertices coloured by distance to the GT surface."""
     import matplotlib.pyplot as plt
     import open3d as o3d
@@ -200,7 +196,7 @@ def _topdown_figure(workdir: Path, gt_mesh: Path, models: list[str], cfg: Pipeli
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     sc = None
     for ax, m in zip(axes[0], models):
-        pred = o3d.io.read_triangle_mesh(str(model_dir(workdir, m) / "mesh.ply"))
+        pred = o3d.io.read_triangle_mesh(str(wd.compare_model(m).mesh("ply")))
         v = np.asarray(pred.vertices, np.float32)
         if len(v) > 200_000:
             v = v[np.random.default_rng(0).choice(len(v), 200_000, replace=False)]

@@ -1,7 +1,7 @@
 """Typed, frozen configuration per stage, loaded from TOML (configs/default.toml) with tomllib.
 
-A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval]); a key that is not
-a field of that stage's dataclass is an error naming the file and the key. CLI options override
+A TOML file has one table per stage ([ingest], [depth], [fuse], [mesh], [eval], [export], [view]); a key
+that is not a field of that stage's dataclass is an error naming the file and the key. CLI options override
 single fields (`dataclasses.replace`). Every field states its unit.
 """
 from __future__ import annotations
@@ -97,12 +97,24 @@ class FuseConfig:
     """auto = CUDA when Open3D has it, else CPU."""
     block_resolution: int = 8
     """Voxels per block edge in Open3D's VoxelBlockGrid."""
+    refine_poses: bool = True
+    """Correct ARKit's slow pose drift before fusing (a keyframe pose graph: ARKit's relative motion plus ICP
+    alignments of LiDAR point clouds between frames that see the same surfaces again; pipeline/refine.py)."""
+    refine_voxel_m: float = 0.03
+    """LiDAR point clouds are downsampled to this voxel edge for alignment (and twice it for the coarse level),
+    metres."""
+    refine_max_correction_m: float = 0.3
+    """Largest plausible correction of a camera centre, metres: an alignment or a refined pose moving further
+    is treated as diverged (the pose keeps ARKit's, with a warning)."""
+    refine_max_correction_deg: float = 5.0
+    """Largest plausible correction of a camera orientation, degrees (as refine_max_correction_m)."""
 
 
 @dataclass(frozen=True)
 class MeshConfig:
     formats: tuple[str, ...] = ("ply",)
-    """Export formats among ply, obj, glb (mesh.<ext> in the work directory)."""
+    """Formats among ply, obj, glb (mesh.<ext> in the work directory); mesh.ply is written in any case, and
+    asking for another format later adds it without redoing the mesh."""
     weight_threshold: float = 1.0
     """Minimum integration weight (number of observations) for a voxel to produce surface."""
     min_component_triangles: int = 200
@@ -126,12 +138,47 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    target_triangles: int = 300_000
+    """Decimate the exported mesh to at most this many triangles (quadric edge collapse); 0 = keep all."""
+    texture_size_px: int = 4096
+    """Edge of the square texture atlas baked from the RGB frames, pixels."""
+    recenter: bool = False
+    """Move the export so the floor (lowest 2nd percentile of y) is at y = 0 and the centre of the floor plan
+    (x, z bounding box) at the origin, for AR placement; False keeps the capture's world coordinates."""
+    bake_frame_stride: int = 1
+    """Bake the texture from every n-th kept frame."""
+    occlusion_tolerance_m: float = 0.02
+    """A texel is seen by a frame when its depth along the ray is within this of the mesh's first hit, metres."""
+    padding_px: int = 4
+    """Texels by which each UV chart's colours are dilated into the empty atlas around it (hides seams in
+    mipmaps and bilinear lookups), pixels."""
+    depth_test_long_side_px: int = 640
+    """Long side of the depth maps ray-cast from each pose for the occlusion test, pixels (capped at the RGB
+    size)."""
+    texture_jpeg_quality: int = 90
+    """JPEG quality (0-100) of the baked texture (texture.jpg, also embedded in mesh.glb and mesh.usdz)."""
+    point_cloud_points: int = 200_000
+    """nerfstudio: vertices of the mesh (with colours) written to sparse_pc.ply, where splatfacto starts its
+    Gaussians; 0 = no point cloud."""
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    target_triangles: int = 500_000
+    """Triangles of the viewer's mesh when it is a decimated copy of mesh.ply (used when there is no AR export,
+    export/ar/mesh.glb); 0 = all. Half a million draws smoothly on integrated graphics."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     depth: DepthConfig = field(default_factory=DepthConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
 
 
 def _coerce(path: Path, section: str, key: str, value: Any, typ: Any) -> Any:
@@ -203,9 +250,21 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.fuse.sdf_trunc_voxels >= 1, "fuse.sdf_trunc_voxels must be >= 1"),
         (0 <= cfg.fuse.depth_min_m < cfg.fuse.depth_max_m, "need 0 <= fuse.depth_min_m < fuse.depth_max_m"),
         (cfg.fuse.min_confidence in (0, 1, 2), "fuse.min_confidence must be 0, 1 or 2"),
+        (0 < cfg.fuse.refine_voxel_m <= 0.5, "fuse.refine_voxel_m must be in (0, 0.5] metres"),
+        (cfg.fuse.refine_max_correction_m > 0 and cfg.fuse.refine_max_correction_deg > 0,
+         "fuse.refine_max_correction_m and fuse.refine_max_correction_deg must be > 0"),
         (all(f in ("ply", "obj", "glb") for f in cfg.mesh.formats) and cfg.mesh.formats,
          "mesh.formats must list some of ply, obj, glb"),
         (cfg.eval.threshold_m > 0 and cfg.eval.downsample_m > 0, "eval thresholds must be > 0"),
+        (cfg.export.target_triangles >= 0, "export.target_triangles must be >= 0 (0 = no decimation)"),
+        (16 <= cfg.export.texture_size_px <= 16384, "export.texture_size_px must be in [16, 16384]"),
+        (cfg.export.bake_frame_stride >= 1, "export.bake_frame_stride must be >= 1"),
+        (cfg.export.occlusion_tolerance_m > 0, "export.occlusion_tolerance_m must be > 0 metres"),
+        (cfg.export.padding_px >= 0, "export.padding_px must be >= 0"),
+        (cfg.export.depth_test_long_side_px >= 16, "export.depth_test_long_side_px must be >= 16"),
+        (0 <= cfg.export.texture_jpeg_quality <= 100, "export.texture_jpeg_quality must be in [0, 100]"),
+        (cfg.export.point_cloud_points >= 0, "export.point_cloud_points must be >= 0 (0 = no point cloud)"),
+        (cfg.view.target_triangles >= 0, "view.target_triangles must be >= 0 (0 = all)"),
     ]
     for ok, msg in checks:
         if not ok:

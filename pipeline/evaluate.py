@@ -7,7 +7,7 @@ precision / recall / F-score at `threshold_m` are measured between the two point
 
 - `unculled`: all points.
 - `culled`: only what the capture could have seen. A GT point is kept when some camera (every
-  `cull_stride`-th frame) sees it: it projects inside the image, in front of the camera, and its depth is
+  `cull_stride`-th frame, at the pose it was fused with: fuse/poses.parquet, after pose refinement) sees it: it projects inside the image, in front of the camera, and its depth is
   within `cull_tolerance_m` of the GT mesh's depth rendered from that camera (so hidden GT surface is
   dropped). A predicted point is kept when some camera has it inside the image and not behind the GT
   surface (depth <= rendered GT depth + tolerance, or no GT surface on that pixel). This is the
@@ -43,12 +43,12 @@ from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, i
 from .capture import CaptureTable
 from .config import EvalConfig
 from .errors import PromptmeshError
-from .fuse import fuse_dir
-from .geometry import output_size, scale_intrinsics
-from .mesh import mesh_dir
+from .geometry import camera_rays, output_size, scale_intrinsics
 from .images import REDO, read_depth_m
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       voxel_downsample)
+from .poses import fused_camera_to_world
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +59,6 @@ CURVE_THRESHOLDS_M = tuple(round(0.01 * k, 2) for k in range(1, 11))
 """Thresholds of the F-score curve in eval/curve.json, metres (1-10 cm)."""
 SEED_PRED, SEED_GT = 0, 1
 """Surface sampling seeds (fixed: the same meshes always give the same numbers)."""
-
-
-def eval_path(out_dir: Path) -> Path:
-    return Path(out_dir) / "eval.json"
-
-
-def eval_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "eval"
-
-
-def curve_path(out_dir: Path) -> Path:
-    """OUT/eval/curve.json: {"thresholds_m": [...], "culled": {"precision", "recall", "fscore", ...}, "unculled": ...}."""
-    return eval_dir(out_dir) / "curve.json"
 
 
 # --------------------------------------------------------------------------- loading
@@ -119,13 +106,7 @@ def render_depth(scene, K: np.ndarray, camera_to_world: np.ndarray, size_wh: tup
     """
     import open3d as o3d
 
-    w, h = size_wh
-    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    dirs_world = dirs_cam @ camera_to_world[:3, :3].T  # camera z component 1: ray parameter = z-depth
-    origins = np.broadcast_to(camera_to_world[:3, 3], dirs_world.shape)
-    rays = np.concatenate([origins, dirs_world], -1).astype(np.float32)
-    return scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+    return scene.cast_rays(o3d.core.Tensor(camera_rays(K, camera_to_world, size_wh)))["t_hit"].numpy()
 
 
 def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
@@ -144,9 +125,10 @@ def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
 
 
 def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.ndarray, gt_triangles: np.ndarray,
-               table: CaptureTable, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
+               table: CaptureTable, camera_to_world: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """(GT points seen by some camera, predicted points not hidden from every camera, cameras used).
 
+    camera_to_world: (N,4,4) the poses the frames of `table` were fused with (`poses.fused_camera_to_world`).
     See the module docstring for the rules.
     """
     import open3d as o3d
@@ -160,9 +142,8 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
         rgb_wh = (int(table.width[i]), int(table.height[i]))
         wh = output_size(*rgb_wh, CULL_LONG_SIDE_PX)
         K = scale_intrinsics(table.K_rgb[i], rgb_wh, wh)
-        camera_to_world = table.camera_to_world[i]
-        depth = render_depth(scene, K, camera_to_world, wh)
-        world_to_camera = np.linalg.inv(camera_to_world)
+        depth = render_depth(scene, K, camera_to_world[i], wh)
+        world_to_camera = np.linalg.inv(camera_to_world[i])
         todo = np.flatnonzero(~gt_seen)  # a point seen once needs no more tests
         inside, z, rendered = _depth_at(gt_points[todo], K, world_to_camera, depth)
         gt_seen[todo[inside & (np.abs(z - rendered) < cfg.cull_tolerance_m)]] = True
@@ -173,9 +154,10 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
 
 
 # --------------------------------------------------------------------------- depth maps
-def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Optional[DepthErrorSums]:
+def depth_errors(workdir: WorkDirLike, table: CaptureTable, depth_model: str) -> Optional[DepthErrorSums]:
     """Pooled depth errors of depth/<depth_model>/ against capture/gt_depth/, or None without GT depth."""
-    gt_dir = Path(workdir) / "capture" / "gt_depth"
+    wd = WorkDir(workdir)
+    gt_dir = wd.gt_depth
     if not gt_dir.is_dir():
         return None
     sums = DepthErrorSums()
@@ -185,7 +167,7 @@ def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Option
         if not gt_file.exists():
             continue
         gt_m = read_depth_m(gt_file, REDO, np.float64)
-        pred_m = read_depth_m(Path(workdir) / "depth" / depth_model / f"{table.stem(i)}.png", REDO, np.float64)
+        pred_m = read_depth_m(wd.depth(depth_model) / f"{table.stem(i)}.png", REDO, np.float64)
         pred_at_gt = cv2.resize(pred_m, gt_m.shape[::-1], interpolation=cv2.INTER_NEAREST)
         sums.add(pred_at_gt, gt_m)
         n_frames += 1
@@ -193,12 +175,12 @@ def depth_errors(workdir: Path, table: CaptureTable, depth_model: str) -> Option
 
 
 # --------------------------------------------------------------------------- stage
-def _predicted_mesh(out_dir: Path) -> Path:
+def _predicted_mesh(wd: WorkDir) -> Path:
     """The mesh stage's export to evaluate (PLY when it wrote one)."""
-    m = Manifest.read(mesh_dir(out_dir))
-    outputs = [mesh_dir(out_dir) / o for o in (m.outputs if m else [])]
+    m = Manifest.read(wd.mesh_stage)
+    outputs = [wd.mesh_stage / o for o in (m.outputs if m else [])]
     if not outputs:
-        raise PromptmeshError(f"{mesh_dir(out_dir)}: mesh has not finished here; run `promptmesh mesh` first")
+        raise PromptmeshError(f"{wd.mesh_stage}: mesh has not finished here; run `promptmesh mesh` first")
     ply = [p for p in outputs if p.suffix == ".ply"]
     return (ply or outputs)[0].resolve()
 
@@ -232,15 +214,17 @@ class MeshScores:
 
 
 def score_meshes(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
-                 gt_triangles: np.ndarray, table: CaptureTable, cfg: EvalConfig, gt_name: Path) -> MeshScores:
-    """Culled and unculled scores of a predicted mesh against the GT mesh, culled with `table`'s cameras
-    (world frame, metres); PromptmeshError naming `gt_name` when no surface is in view."""
+                 gt_triangles: np.ndarray, table: CaptureTable, camera_to_world: np.ndarray, cfg: EvalConfig,
+                 gt_name: Path) -> MeshScores:
+    """Culled and unculled scores of a predicted mesh against the GT mesh, culled with `table`'s cameras at the
+    poses `camera_to_world` (N,4,4) (world frame, metres); PromptmeshError naming `gt_name` when no surface is
+    in view."""
     with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: both meshes at once on 2 cores
         gt_job = pool.submit(sampled_points, gt_vertices, gt_triangles, cfg, SEED_GT)
         pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
         gt = gt_job.result()
     unculled, unculled_curve = _scores(pred, gt, cfg)
-    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, cfg)
+    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, camera_to_world, cfg)
     if not gt_seen.any() or not pred_kept.any():
         raise PromptmeshError(f"{gt_name}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
                               "view of any camera; is the GT mesh in the capture's world frame, in metres?")
@@ -250,50 +234,50 @@ def score_meshes(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_verti
                        "pred_kept_fraction": float(pred_kept.mean())}, len(gt), len(pred))
 
 
-def run(cfg: EvalConfig, workdir: Path, gt_mesh: Path, out_dir: Optional[Path] = None, force: bool = False) -> Path:
-    """Evaluate OUT/mesh.* (OUT = out_dir or workdir) against `gt_mesh`; returns OUT/eval.json."""
-    workdir = Path(workdir)
-    out_dir = Path(out_dir if out_dir is not None else workdir)
+def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = False) -> Path:
+    """Evaluate OUT/mesh.* (OUT = the WorkDir's `out`) against `gt_mesh`; returns OUT/eval.json."""
+    wd = WorkDir(workdir)
     gt_mesh = Path(gt_mesh)
-    upstream = upstream_fingerprint(mesh_dir(out_dir), "mesh")
+    upstream = upstream_fingerprint(wd.mesh_stage, "mesh")
     if not gt_mesh.is_file():
         raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
     stamp = fingerprint(STAGE, cfg, [upstream, file_sha256(gt_mesh)])
-    edir = eval_dir(out_dir)
+    edir = wd.eval
     if not force and is_current(edir, stamp):
-        log.info("eval: up to date (%s)", eval_path(out_dir))
-        return eval_path(out_dir)
+        log.info("eval: up to date (%s)", wd.eval_json)
+        return wd.eval_json
 
-    pred_mesh = _predicted_mesh(out_dir)
+    pred_mesh = _predicted_mesh(wd)
     log.info("eval: %s against %s; threshold %g cm, downsample %g cm, sample spacing %g cm", pred_mesh, gt_mesh,
              cfg.threshold_m * 100, cfg.downsample_m * 100, cfg.sample_spacing_m * 100)
     t0 = time.perf_counter()
     gt_vertices, gt_triangles = load_mesh(gt_mesh, "ground-truth mesh")  # a bad GT keeps the last eval
     invalidate(edir)
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(wd)
     pred_vertices, pred_triangles = load_mesh(pred_mesh, "predicted mesh")
-    scores = score_meshes(pred_vertices, pred_triangles, gt_vertices, gt_triangles, table, cfg, gt_mesh)
+    scores = score_meshes(pred_vertices, pred_triangles, gt_vertices, gt_triangles, table,
+                          fused_camera_to_world(wd, table), cfg, gt_mesh)
     culled, unculled = scores.culled, scores.unculled
     report = {"threshold_m": cfg.threshold_m, "downsample_m": cfg.downsample_m, "n_frames": len(table),
               "culled": culled, "unculled": unculled}
     curve = {"thresholds_m": list(CURVE_THRESHOLDS_M), "culled": scores.culled_curve,
              "unculled": scores.unculled_curve, "culling": scores.culling}
-    fuse_manifest = Manifest.read(fuse_dir(out_dir))
+    fuse_manifest = Manifest.read(wd.fuse)
     depth_model = fuse_manifest.settings.get("depth_model") if fuse_manifest else None
-    depth_sums = depth_errors(workdir, table, depth_model) if depth_model else None
+    depth_sums = depth_errors(wd, table, depth_model) if depth_model else None
     if depth_sums is not None:
         report["depth"] = depth_sums.metrics()
         curve["depth"] = {"depth_model": depth_model, "pixels": depth_sums.n_pixels,
                           "coverage": depth_sums.coverage}
 
-    atomic_write_json(curve_path(out_dir), curve)
-    atomic_write_json(eval_path(out_dir), report)
+    atomic_write_json(wd.eval_curve, curve)
+    atomic_write_json(wd.eval_json, report)
     seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=["../eval.json", "curve.json"],
+    Manifest(STAGE, stamp, outputs=[f"../{wd.eval_json.name}", wd.eval_curve.name],
              settings={"cfg": cfg, "gt_mesh": str(gt_mesh.resolve()), "pred_mesh": str(pred_mesh)},
              summary={"seconds": round(seconds, 3), "gt_points": scores.gt_points, "pred_points": scores.pred_points,
                       **curve["culling"]}).write(edir)
     log.info("eval: culled F@%g cm %.3f (P %.3f, R %.3f), unculled F %.3f, acc %.2f cm, comp %.2f cm in %.1f s -> %s",
              cfg.threshold_m * 100, culled["fscore"], culled["precision"], culled["recall"], unculled["fscore"],
-             culled["accuracy_m"] * 100, culled["completeness_m"] * 100, seconds, eval_path(out_dir))
-    return eval_path(out_dir)
+             culled["accuracy_m"] * 100, culled["completeness_m"] * 100, seconds, wd.eval_json)
+    return wd.eval_json

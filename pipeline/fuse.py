@@ -1,5 +1,9 @@
 """Stage 3, fuse: WORKDIR/depth/<model>/ + poses -> a TSDF volume in OUT/fuse/tsdf.npz.
 
+The poses are first refined against ARKit's drift (`pipeline/refine.py`, from the LiDAR maps of
+WORKDIR/capture; off with refine_poses = false) and written to OUT/fuse/poses.parquet (`pipeline/poses.py`),
+refined or not: the pose each frame is fused with, which every later stage that projects frames reads.
+
 Open3D's tensor `VoxelBlockGrid` (attributes tsdf, weight, color; all float32) does the work, on CUDA
 when Open3D has it and the config allows, else on the CPU. (The legacy ScalableTSDFVolume mishandles
 float depth in Open3D 0.20, so it is not used.)
@@ -55,12 +59,14 @@ from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
 from .images import REDO, read_depth_mm, read_image
+from .poses import write_poses
+from .refine import refine_poses
 from .streams import prefetch
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 STAGE = "fuse"
-TSDF_NAME = "tsdf.npz"
 VOLUME_FORMAT = 2
 """Version of the saved volume's layout (module docstring); part of the fingerprint, so older files are redone."""
 DEPTH_SCALE = 1000.0
@@ -75,15 +81,6 @@ voxels)."""
 ESTIMATE_FLUSH_KEYS = 1 << 19
 """Block keys gathered (distinct per frame) before the estimate reduces them to distinct ones over all frames
 (bounds its memory to a few MB plus the distinct blocks)."""
-
-
-def fuse_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "fuse"
-
-
-def tsdf_path(out_dir: Path) -> Path:
-    """The TSDF volume written by `run` (the compact npz of `save_volume`)."""
-    return fuse_dir(out_dir) / TSDF_NAME
 
 
 def select_device(requested: str):
@@ -264,7 +261,7 @@ def voxel_line(voxel_size_m: float, auto_depth_m: Optional[float]) -> str:
 
 # --------------------------------------------------------------------------- pre-sizing
 def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: int = 64,
-                         margin: float = 1.5) -> int:
+                         margin: float = 1.5, camera_to_world: Optional[np.ndarray] = None) -> int:
     """Number of voxel blocks the fusion will touch, estimated from the capture's LiDAR maps (cheap).
 
     Blocks are allocated only near observed surfaces (within the truncation distance along each ray),
@@ -272,8 +269,10 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
     `samples_per_row` pixels per row of each LiDAR map, at depth - trunc, depth and depth + trunc along
     each ray, counts the distinct blocks these points fall in over all frames and adds `margin` (denser
     depth maps, surface between the sampled pixels). Frames whose LiDAR map is unreadable are left out.
-    Memory is bounded by the number of distinct blocks, not the number of frames.
+    Memory is bounded by the number of distinct blocks, not the number of frames. `camera_to_world`: (N,4,4)
+    poses to use (default the capture's).
     """
+    camera_to_world = table.camera_to_world if camera_to_world is None else camera_to_world
     block_m = cfg.voxel_size_m * cfg.block_resolution
     trunc_m = cfg.sdf_trunc_voxels * cfg.voxel_size_m
     keys: list[np.ndarray] = []
@@ -292,7 +291,7 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
         u, v, z = u[ok], v[ok], z[ok]
         rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], -1)
         step = trunc_m / np.linalg.norm(rays, axis=1)  # trunc along the ray, in units of z
-        frame_keys = [_pack_block_keys(np.floor(transform_points(table.camera_to_world[i], rays * (z + dz)[:, None])
+        frame_keys = [_pack_block_keys(np.floor(transform_points(camera_to_world[i], rays * (z + dz)[:, None])
                                                 / block_m).astype(np.int64)) for dz in (-step, 0.0, step)]
         keys.append(np.unique(np.concatenate(frame_keys)))
         n_gathered += len(keys[-1])
@@ -311,17 +310,17 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- stage
-def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path] = None, force: bool = False,
+def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = False,
         block_count: Optional[int] = None) -> Path:
-    """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = out_dir or workdir); returns OUT/fuse.
+    """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = the WorkDir's `out`); returns OUT/fuse.
 
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
     stage's manifest fingerprint, which in turn covers the capture. `block_count`: the grid's pre-size when
     already computed by `estimate_block_count(table, cfg)` (the runner does so while depth runs).
     """
-    workdir = Path(workdir)
-    out = fuse_dir(out_dir if out_dir is not None else workdir)
-    depth_dir = workdir / "depth" / depth_model
+    wd = WorkDir(workdir)
+    out = wd.fuse
+    depth_dir = wd.depth(depth_model)
     upstream = upstream_fingerprint(depth_dir, "depth")
     if not Manifest.read(depth_dir).settings.get("fuse_confidence_mask", True):
         cfg = dataclasses.replace(cfg, min_confidence=0)  # the model already used or repaired those pixels
@@ -332,18 +331,26 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
         log.info("fuse: up to date (%s)", out)
         return out
 
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(wd)
     device = select_device(cfg.device)
     t0 = time.perf_counter()
     cfg, auto_depth_m = resolve_voxel_size(cfg, table)
-    block_count = block_count or estimate_block_count(table, cfg)
+    invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
+    refined = refine_poses(table, cfg) if cfg.refine_poses else None
+    camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
+    if refined is None:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
+    else:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
+                    refined.correction_deg, refined.accepted)
+    t_presize = time.perf_counter()
+    block_count = block_count or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
     log.info("fuse: %d frames of depth/%s on %s; voxel %s, trunc %.2f cm, depth %.2f-%.1f m, min confidence "
              "%d, %d blocks pre-sized", len(table), depth_model, device, voxel_line(cfg.voxel_size_m, auto_depth_m),
              cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
              block_count)
-    invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for a new file
     grid = new_grid(cfg, block_count, device)
-    world_to_camera = np.linalg.inv(table.camera_to_world)
+    world_to_camera = np.linalg.inv(camera_to_world)
     n_valid_px = 0
     empty = []
     t_integrate = time.perf_counter()
@@ -364,19 +371,21 @@ def run(cfg: FuseConfig, workdir: Path, depth_model: str, out_dir: Optional[Path
     if n_blocks == 0:
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
-    save_volume(grid, cfg, out / TSDF_NAME)
+    save_volume(grid, cfg, wd.tsdf)
     seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=[TSDF_NAME], settings=settings,
+    Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
                       "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": auto_depth_m,
                       "sdf_trunc_m": cfg.sdf_trunc_voxels * cfg.voxel_size_m,
                       "blocks_presized": block_count,
                       "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
-                      "seconds_presize": round(t_integrate - t0, 3),
+                      "refine": refined.summary if refined is not None else None,
+                      "seconds_refine": round(t_presize - t0, 3),
+                      "seconds_presize": round(t_integrate - t_presize, 3),
                       "seconds_integrate": round(t_save - t_integrate, 3),
                       "seconds_save": round(time.perf_counter() - t_save, 3)}).write(out)
     log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
-             seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, out / TSDF_NAME)
+             seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, wd.tsdf)
     return out
 
 
@@ -425,11 +434,11 @@ def save_volume(grid, cfg: FuseConfig, path: Path) -> Path:
     return path
 
 
-def load_grid(out_dir: Path, device: str = "CPU:0"):
+def load_grid(workdir: WorkDirLike, device: str = "CPU:0"):
     """The VoxelBlockGrid saved by `run` in OUT/fuse/ (see the module docstring), on `device`."""
     import open3d as o3d
 
-    path = tsdf_path(out_dir)
+    path = WorkDir(workdir).tsdf
     fix = "rerun `promptmesh fuse WORKDIR --force`"
     try:
         with np.load(path) as z:

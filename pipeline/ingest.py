@@ -42,15 +42,12 @@ from .geometry import is_valid_pose, scale_intrinsics
 from .readers import CaptureReader, open_capture
 from .readers.common import decode_jpeg, read_bytes
 from .streams import prefetch
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
 MAX_DEPTH_MM = 65535
-
-
-def capture_dir(workdir: Path) -> Path:
-    return Path(workdir) / "capture"
 
 
 def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
@@ -334,7 +331,7 @@ def _write_frame_files(cand: _Candidate, out: Path, source: CaptureSource, jpeg_
     return conf is not None
 
 
-def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = False,
+def run(cfg: IngestConfig, capture_path: Path, workdir: WorkDirLike, force: bool = False,
         reader: Optional[CaptureReader] = None) -> Path:
     """Ingest `capture_path` into WORKDIR/capture/; returns the path of frames.parquet.
 
@@ -343,14 +340,15 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
     capture_path = Path(capture_path)
     if not capture_path.exists():
         raise PromptmeshError(f"{capture_path}: no such file or folder; pass the capture folder or .r3d file")
-    out = capture_dir(workdir)
+    wd = WorkDir(workdir)
+    out = wd.capture
     stamp = fingerprint(STAGE, {"cfg": cfg, "source": str(capture_path.resolve()),
                                 "files": source_fingerprint(capture_path),
                                 **({"reader": [reader.name, reader]} if reader is not None else {})})
     done = is_current(out, stamp)
     if done and not force:
         log.info("ingest: up to date (%s, %d frames)", out, done.summary.get("kept", 0))
-        return out / "frames.parquet"
+        return wd.frames_parquet
 
     source = reader.open(capture_path) if reader is not None else open_capture(capture_path)
     log.info("ingest: %s capture %s, %d frames listed, RGB %dx%d, LiDAR %dx%d (stride %d, max %s, blur select %s)",
@@ -395,9 +393,9 @@ def run(cfg: IngestConfig, capture_path: Path, workdir: Path, force: bool = Fals
     finally:
         bar.close()
     rows.sort(key=lambda r: r.frame_index)
-    table = write_frames_table(out / "frames.parquet", rows)
+    table = write_frames_table(wd.frames_parquet, rows)
     seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=["frames.parquet"], settings={"format": source.format, "cfg": cfg.__dict__},
+    Manifest(STAGE, stamp, outputs=[wd.frames_parquet.name], settings={"format": source.format, "cfg": cfg.__dict__},
              summary={"format": source.format, **summary.counts(), "reused": summary.reused,
                       "seconds": round(seconds, 3), "warnings": summary.skipped_bad[:50]}).write(out)
     log.info("ingest: %s in %.1f s%s -> %s", summary_line(summary.counts()), seconds,

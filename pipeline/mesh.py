@@ -9,18 +9,19 @@ and evaluation (which samples triangles in order) the same scores. Cleanup: conn
 optional quadric decimation to about `target_triangles`.
 
 The mesh stays in the capture's world frame (the TSDF was integrated there), metres. Export: PLY written
-directly (binary, float32 positions as marching cubes made them, uchar RGB vertex colours); through
-trimesh, OBJ (`v x y z r g b`, colours in [0, 1]) and GLB (glTF 2.0 binary, COLOR_0 vertex colours and
-smooth normals; opens in any glTF viewer). glTF itself has no world frame: the coordinates are written as
-they are (ARKit worlds are y up, like glTF).
+directly (binary, float32 positions as marching cubes made them, uchar RGB vertex colours) and always
+(the measurable mesh eval reads); through trimesh, OBJ (`v x y z r g b`, colours in [0, 1]); GLB through
+export.gltf (glTF 2.0 binary, COLOR_0 vertex colours, unit smooth normals, an unlit material; passes the Khronos
+validator). glTF itself has no world frame: the coordinates are written as they are (ARKit worlds are y up, like
+glTF).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -29,20 +30,12 @@ from scipy.sparse.csgraph import connected_components
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
 from .config import MeshConfig
 from .errors import PromptmeshError
-from .fuse import fuse_dir, load_grid
+from .fuse import load_grid
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 STAGE = "mesh"
-
-
-def mesh_dir(out_dir: Path) -> Path:
-    """Where the mesh stage's manifest lives (the meshes themselves are OUT/mesh.<fmt>)."""
-    return Path(out_dir) / "mesh"
-
-
-def mesh_path(out_dir: Path, fmt: str) -> Path:
-    return Path(out_dir) / f"mesh.{fmt}"
 
 
 @dataclass
@@ -167,20 +160,28 @@ def export(mesh: MeshArrays, path: Path) -> Path:
         return write_ply(mesh, path)
     if fmt not in ("obj", "glb"):
         raise ValueError(f"unknown mesh format {fmt!r}")
+    if fmt == "glb":
+        from .export.gltf import vertex_normals, write_glb
+
+        return write_glb(path, mesh.vertices, mesh.triangles, normals=vertex_normals(mesh.vertices, mesh.triangles),
+                         colors_rgb8=mesh.colors)
     import trimesh
 
     rgba = np.concatenate([mesh.colors, np.full((len(mesh.colors), 1), 255, np.uint8)], axis=1)
     tm = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.triangles, vertex_colors=rgba, process=False)
     with atomic_output(path) as tmp:
-        if fmt == "glb":
-            tm.export(tmp, file_type="glb", include_normals=True)
-        else:
-            tm.export(tmp, file_type="obj", include_normals=False, include_color=True, include_texture=False)
+        tm.export(tmp, file_type="obj", include_normals=False, include_color=True, include_texture=False)
     return path
 
 
 PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
 PLY_FACE = np.dtype([("n", "u1"), ("vertex_indices", "<i4", (3,))])
+
+
+def _ply_header(n_vertices: int, n_faces: int) -> bytes:
+    return (f"ply\nformat binary_little_endian 1.0\nelement vertex {n_vertices}\nproperty float x\n"
+            f"property float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
+            f"element face {n_faces}\nproperty list uchar int vertex_indices\nend_header\n").encode("ascii")
 
 
 def write_ply(mesh: MeshArrays, path: Path) -> Path:
@@ -194,46 +195,82 @@ def write_ply(mesh: MeshArrays, path: Path) -> Path:
     faces = np.empty(len(mesh.triangles), PLY_FACE)
     faces["n"] = 3
     faces["vertex_indices"] = mesh.triangles
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(vertices)}\nproperty float x\n"
-              f"property float y\nproperty float z\nproperty uchar red\nproperty uchar green\nproperty uchar blue\n"
-              f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
     with atomic_output(Path(path)) as tmp, open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
+        f.write(_ply_header(len(vertices), len(faces)))
         f.write(vertices.tobytes())
         f.write(faces.tobytes())
     return Path(path)
 
 
-def run(cfg: MeshConfig, workdir: Path, out_dir: Optional[Path] = None, force: bool = False) -> list[Path]:
-    """Extract, clean and export the mesh of OUT/fuse/ (OUT = out_dir or workdir); returns [OUT/mesh.<fmt>]."""
-    out_dir = Path(out_dir if out_dir is not None else workdir)
-    mdir = mesh_dir(out_dir)
-    upstream = upstream_fingerprint(fuse_dir(out_dir), "fuse")
-    stamp = fingerprint(STAGE, cfg, [upstream])
-    paths = [mesh_path(out_dir, fmt) for fmt in cfg.formats]
-    if not force and is_current(mdir, stamp):
-        log.info("mesh: up to date (%s)", ", ".join(str(p) for p in paths))
+def read_ply(path: Path) -> MeshArrays:
+    """Read a mesh.ply written by `write_ply` (numpy, no per-element work); other PLYs go through Open3D."""
+    path = Path(path)
+    data = path.read_bytes()
+    header_end = data.find(b"end_header\n") + len(b"end_header\n")
+    counts = {ln.split()[1]: int(ln.split()[2]) for ln in data[:header_end].decode("ascii", "replace").split("\n")
+              if ln.startswith("element ") and len(ln.split()) == 3 and ln.split()[2].isdigit()}
+    n_v, n_f = counts.get("vertex", 0), counts.get("face", 0)
+    if (data[:header_end] == _ply_header(n_v, n_f)
+            and len(data) - header_end == n_v * PLY_VERTEX.itemsize + n_f * PLY_FACE.itemsize):
+        vertices = np.frombuffer(data, PLY_VERTEX, n_v, offset=header_end)
+        faces = np.frombuffer(data, PLY_FACE, n_f, offset=header_end + n_v * PLY_VERTEX.itemsize)
+        return MeshArrays(np.stack([vertices[a] for a in "xyz"], 1).astype(np.float64),
+                          faces["vertex_indices"].astype(np.int64),
+                          np.stack([vertices[c] for c in ("red", "green", "blue")], 1))
+    import open3d as o3d
+
+    legacy = o3d.io.read_triangle_mesh(str(path))
+    if len(legacy.triangles) == 0:
+        raise PromptmeshError(f"{path}: no triangles could be read; rerun `promptmesh mesh WORKDIR --force`")
+    colors = np.asarray(legacy.vertex_colors) if legacy.has_vertex_colors() else np.ones((len(legacy.vertices), 3))
+    return MeshArrays(np.asarray(legacy.vertices), np.asarray(legacy.triangles, np.int64),
+                      np.clip(np.rint(colors * 255), 0, 255).astype(np.uint8))
+
+
+def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path]:
+    """Extract, clean and export the mesh of OUT/fuse/ (OUT = the WorkDir's `out`); returns [OUT/mesh.ply, then
+    OUT/mesh.<fmt> of the other cfg.formats].
+
+    mesh.ply is always written. Asking for another format of an up-to-date mesh adds that file and keeps the
+    others; only a changed mesh (settings or upstream) removes the files of the old one it does not rewrite."""
+    wd = WorkDir(workdir)
+    mdir = wd.mesh_stage
+    upstream = upstream_fingerprint(wd.fuse, "fuse")
+    stamp = fingerprint(STAGE, dataclasses.replace(cfg, formats=()), [upstream])  # the files asked for: not the mesh
+    formats = ["ply"] + [f for f in cfg.formats if f != "ply"]  # mesh.ply, the measurable mesh, always
+    paths = [wd.mesh(fmt) for fmt in formats]
+    current = None if force else is_current(mdir, stamp)
+    if current is not None:
+        missing = [p for p in paths if f"../{p.name}" not in current.outputs]
+        if missing:  # same mesh, another format asked for: add it, keep the others
+            mesh = read_ply(paths[0])
+            for p in missing:
+                export(mesh, p)
+            current.outputs = sorted(set(current.outputs) | {f"../{p.name}" for p in missing})
+            current.write(mdir)
+        log.info("mesh: up to date (%s)%s", ", ".join(str(p) for p in paths),
+                 f"; added {', '.join(p.name for p in missing)}" if missing else "")
         return paths
 
     log.info("mesh: weight >= %g, pieces >= %d triangles, %s, formats %s", cfg.weight_threshold,
              cfg.min_component_triangles,
              f"decimate to {cfg.target_triangles} triangles" if cfg.target_triangles else "no decimation",
-             ",".join(cfg.formats))
+             ",".join(formats))
     t0 = time.perf_counter()
     previous = Manifest.read(mdir)
     invalidate(mdir)
-    mesh = extract(load_grid(out_dir), cfg.weight_threshold)
+    mesh = extract(load_grid(wd), cfg.weight_threshold)
     n_extracted = len(mesh.triangles)
     mesh, n_pieces_removed = remove_small_components(mesh, cfg.min_component_triangles)
     mesh = decimate(mesh, cfg.target_triangles)
     if len(mesh.triangles) == 0:
-        raise PromptmeshError(f"{fuse_dir(out_dir)}: no surface with weight >= {cfg.weight_threshold} and pieces of "
+        raise PromptmeshError(f"{wd.fuse}: no surface with weight >= {cfg.weight_threshold} and pieces of "
                               f">= {cfg.min_component_triangles} triangles ({n_extracted} extracted); lower "
                               "mesh.weight_threshold / mesh.min_component_triangles or check depth and poses")
     for p in paths:
         export(mesh, p)
     outputs = [f"../{p.name}" for p in paths]
-    if previous is not None:  # exports of formats no longer asked for would be stale
+    if previous is not None:  # the mesh changed: other formats of the old one would be stale
         for rel in set(previous.outputs) - set(outputs):
             (mdir / rel).unlink(missing_ok=True)
     seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from .artifacts import atomic_output
 from .capture import CaptureTable
 from .errors import PromptmeshError
-from .workdir import WorkDir
+from .workdir import WorkDir, WorkDirLike
 
 POSES_SCHEMA = pa.schema([
     ("frame_index", pa.int32()),
@@ -59,10 +59,10 @@ def read_poses(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return frame_index, camera_to_world
 
 
-def fused_camera_to_world(workdir: Path | WorkDir, table: CaptureTable) -> np.ndarray:
+def fused_camera_to_world(workdir: WorkDirLike, table: CaptureTable) -> np.ndarray:
     """(N,4,4) pose of each row of `table`: the fused pose from poses.parquet when fusion wrote one, else
     the capture's own. A frame that poses.parquet does not list keeps the capture's pose."""
-    wd = workdir if isinstance(workdir, WorkDir) else WorkDir(workdir)
+    wd = WorkDir(workdir)
     if not wd.poses_parquet.exists():
         return table.camera_to_world.copy()
     frame_index, camera_to_world = read_poses(wd.poses_parquet)

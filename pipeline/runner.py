@@ -21,25 +21,28 @@ from .artifacts import Manifest, WorkdirLock, atomic_write_json
 from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
+from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class RunResult:
-    workdir: Path
+    workdir: WorkDir
     depth_model: str
     mesh_paths: list[Path]
     eval_path: Optional[Path] = None
     timings_s: dict[str, float] = field(default_factory=dict)
     ingest_summary: dict = field(default_factory=dict)
     """The ingest manifest's summary: frames listed, kept (and why), and why the others were not."""
+    refine_s: Optional[float] = None
+    """Seconds of the fuse stage spent refining poses, when fuse ran (and refined) in this run."""
     fuse_summary: dict = field(default_factory=dict)
     """The fuse manifest's summary (voxel_size_m, voxel_auto_depth_m, ...)."""
 
     def report(self) -> str:
         """What a person wants at the end: where things are, the scores, where the time went."""
-        lines = [f"frames:      {ingest.summary_line(self.ingest_summary, self.workdir / 'capture')}",
+        lines = [f"frames:      {ingest.summary_line(self.ingest_summary, self.workdir.capture)}",
                  f"depth model: {self.depth_model}"]
         if "voxel_size_m" in self.fuse_summary:
             voxel = fuse.voxel_line(self.fuse_summary["voxel_size_m"], self.fuse_summary.get("voxel_auto_depth_m"))
@@ -58,8 +61,11 @@ class RunResult:
                 lines.append(f"  depth    L1 {d['l1_m'] * 100:.2f} cm  RMSE {d['rmse_m'] * 100:.2f} cm  "
                              f"AbsRel {d['absrel']:.4f}  delta0.5 {d['delta_0.5']:.3f}")
         total = sum(self.timings_s.values())
-        lines.append(f"timings:     {self.workdir / 'timings.json'} (total {total:.1f} s)")
-        lines += [f"  {stage:7s} {sec:8.2f} s" for stage, sec in self.timings_s.items()]
+        lines.append(f"timings:     {self.workdir.timings_json} (total {total:.1f} s)")
+        for stage, sec in self.timings_s.items():
+            lines.append(f"  {stage:7s} {sec:8.2f} s")
+            if stage == "fuse" and self.refine_s is not None:
+                lines.append(f"    of which pose refinement {self.refine_s:.2f} s")
         return "\n".join(lines)
 
 
@@ -70,16 +76,16 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = round(time.perf_counter() - t0, 3)
 
 
-def _prepare_fusion_meanwhile(cfg: PipelineConfig, workdir: Path, force: bool) -> Optional[Future]:
+def _prepare_fusion_meanwhile(cfg: PipelineConfig, wd: WorkDir, force: bool) -> Optional[Future]:
     """While the depth stage runs (it leaves part of a core idle), import Open3D (about a second on one core)
     and estimate the voxel blocks to pre-size the grid for (it reads only the LiDAR maps): fusion then starts
     integrating at once. Only when fusion is likely to run (no finished mesh yet); None otherwise."""
-    if not force and Manifest.read(mesh.mesh_dir(workdir)) is not None:
+    if not force and Manifest.read(wd.mesh_stage) is not None:
         return None
 
     def prepare() -> int:
         importlib.import_module("open3d")
-        table = CaptureTable.load(ingest.capture_dir(workdir))
+        table = CaptureTable.load(wd)
         return fuse.estimate_block_count(table, fuse.resolve_voxel_size(cfg.fuse, table)[0])
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-fusion")
@@ -88,17 +94,17 @@ def _prepare_fusion_meanwhile(cfg: PipelineConfig, workdir: Path, force: bool) -
     return future
 
 
-def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Path] = None,
+def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optional[Path] = None,
         force: bool = False) -> RunResult:
     """ingest -> depth -> fuse -> mesh (-> eval with `gt_mesh`) in `workdir`, under the workdir lock."""
-    workdir = Path(workdir)
+    workdir = WorkDir(workdir)
     if gt_mesh is not None and not Path(gt_mesh).is_file():  # before hours of work, not after
         raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
     timings: dict[str, float] = {}
     with WorkdirLock(workdir):
         with _timed(timings, "ingest"):
             ingest.run(cfg.ingest, capture, workdir, force=force)
-        ingest_summary = Manifest.read(ingest.capture_dir(workdir)).summary
+        ingest_summary = Manifest.read(workdir.capture).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
         prepared = _prepare_fusion_meanwhile(cfg, workdir, force)
@@ -111,14 +117,18 @@ def run(cfg: PipelineConfig, capture: Path, workdir: Path, gt_mesh: Optional[Pat
                     block_count = prepared.result()
                 except PromptmeshError:  # fuse.run meets the same problem and reports it
                     pass
-            fuse.run(cfg.fuse, workdir, depth_model=model, force=force, block_count=block_count)
+            before = Manifest.read(workdir.fuse)
+            fused = Manifest.read(fuse.run(cfg.fuse, workdir, depth_model=model, force=force, block_count=block_count))
+        ran = before is None or fused.summary != before.summary  # each run's summary has its own seconds
+        refine_s = fused.summary.get("seconds_refine") if ran and cfg.fuse.refine_poses else None
         with _timed(timings, "mesh"):
             mesh_paths = mesh.run(cfg.mesh, workdir, force=force)
         eval_path = None
         if gt_mesh is not None:
             with _timed(timings, "eval"):
                 eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
-        atomic_write_json(workdir / "timings.json", {"depth_model": model, "seconds": timings})
-    fuse_manifest = Manifest.read(fuse.fuse_dir(workdir))
-    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary,
+        atomic_write_json(workdir.timings_json, {"depth_model": model, "seconds": timings,
+                                                 "fuse_seconds_refine_poses": refine_s})
+    fuse_manifest = Manifest.read(workdir.fuse)
+    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary, refine_s,
                      fuse_manifest.summary if fuse_manifest is not None else {})

@@ -77,5 +77,7 @@ def test_stale_lock_from_dead_pid_is_taken_over(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()  # a pid that no longer runs
     (tmp_path / ".lock").write_text(f"{socket.gethostname()} {p.pid} {time.time():.0f}")
-    with WorkdirLock(tmp_path):
-        pass
+    with WorkdirLock(tmp_path) as lock:
+        assert lock.held
+        assert f"pid {os.getpid()}" in (tmp_path / ".lock").read_text()  # ours now, not the dead process's
+    assert not (tmp_path / ".lock").exists()

@@ -6,12 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from bench_depth import (FILL_DIR, BenchFrame, _skip_reason, bench, filled_promptda, markdown_table, measure,
+from bench_depth import (BenchFrame, _skip_reason, bench, filled_promptda, markdown_table, measure,
                          update_doc)
 from bench_prompt_holes import holes_table, measure_prompt_holes
 
-needs_fill = pytest.mark.skipif(not (FILL_DIR / "fill.py").is_file(),
-                                reason=f"PromptDA reference folder {FILL_DIR} not present")
 
 
 def tiny_frame(holes: bool = True) -> BenchFrame:
@@ -26,12 +24,9 @@ def tiny_frame(holes: bool = True) -> BenchFrame:
 
 @pytest.fixture(scope="module")
 def vits():
-    if not (FILL_DIR / "fill.py").is_file():
-        pytest.skip(f"PromptDA reference folder {FILL_DIR} not present")
     return filled_promptda("promptda-vits")
 
 
-@needs_fill
 def test_bench_rows_and_table_for_each_model():
     rows = bench(["lidar", "guided", "promptda-vits"], [(140, 182)], repeats=1, frame=tiny_frame())
     assert [r["model"] for r in rows] == ["lidar", "guided", "promptda-vits"]

@@ -1,7 +1,6 @@
 """`promptmesh benchmark` over tiny synthetic ScanNet++ / ARKitScenes scenes: tables, resume, Ray, protocols."""
 import dataclasses
 import json
-import logging
 
 import cv2
 import numpy as np
@@ -13,6 +12,7 @@ from pipeline import benchmark
 from pipeline.cli import cli
 from pipeline.config import PipelineConfig
 from pipeline.errors import PromptmeshError
+from pipeline.workdir import WorkDir
 
 SCENES = ["0a0a0a0a0a", "1b1b1b1b1b", "2c2c2c2c2c"]
 
@@ -49,14 +49,14 @@ def test_benchmark_three_scenes_tables_and_resume_after_interruption(snpp_root, 
     monkeypatch.setattr(benchmark, "run_scene", interrupted)
     with pytest.raises(KeyboardInterrupt):
         benchmark.run(tiny_cfg(), snpp_root, out, "scannetpp", ["all"], ["lidar"], jobs=1)
-    first = out / "scenes" / SCENES[0] / benchmark.SCENE_RESULT
-    assert first.is_file() and not (out / "scenes" / SCENES[1] / benchmark.SCENE_RESULT).exists()
+    first = WorkDir(out).scene(SCENES[0]).benchmark_scene_json
+    assert first.is_file() and not (WorkDir(out).scene(SCENES[1]).benchmark_scene_json).exists()
     stamp = first.stat().st_mtime_ns
     monkeypatch.setattr(benchmark, "run_scene", real_run_scene)
 
     md = benchmark.run(tiny_cfg(), snpp_root, out, "scannetpp", ["all"], ["lidar"], jobs=2)  # process pool
     assert first.stat().st_mtime_ns == stamp  # the finished scene was skipped, not redone
-    report = json.loads((out / "benchmark.json").read_text())
+    report = json.loads(WorkDir(out).benchmark_report("json").read_text())
     assert list(report["scenes"]) == SCENES and report["failed"] == {}
     per_scene = [_lidar_f(report["scenes"][s]) for s in SCENES]
     assert report["mean"]["lidar"]["n_scenes"] == 3
@@ -66,18 +66,18 @@ def test_benchmark_three_scenes_tables_and_resume_after_interruption(snpp_root, 
     text = md.read_text()
     assert "| lidar | 3 |" in text and sum(f"| {s} | lidar |" in text for s in SCENES) == 3
     assert f"{np.mean(per_scene):.3f}" in text
-    png = cv2.imread(str(out / "benchmark.png"))
+    png = cv2.imread(str(WorkDir(out).benchmark_report("png")))
     assert png is not None and png.shape[0] > 100 and png.shape[1] > 100
     # a scene whose result file is lost (interrupted between its last stage and the write) redoes only that file
-    (out / "scenes" / SCENES[2] / benchmark.SCENE_RESULT).unlink()
-    ingest_manifest = out / "scenes" / SCENES[2] / "capture" / "manifest.json"
+    (WorkDir(out).scene(SCENES[2]).benchmark_scene_json).unlink()
+    ingest_manifest = WorkDir(out).scene(SCENES[2]).capture / "manifest.json"
     before = ingest_manifest.stat().st_mtime_ns
     benchmark.run(tiny_cfg(), snpp_root, out, "scannetpp", [SCENES[2]], ["lidar"], jobs=1)
     assert ingest_manifest.stat().st_mtime_ns == before  # every stage was up to date
-    assert json.loads((out / "benchmark.json").read_text())["mean"]["lidar"]["n_scenes"] == 1
+    assert json.loads(WorkDir(out).benchmark_report("json").read_text())["mean"]["lidar"]["n_scenes"] == 1
     # changed settings make a finished scene unfinished
     changed = dataclasses.replace(tiny_cfg(), eval=dataclasses.replace(tiny_cfg().eval, threshold_m=0.02))
-    job = benchmark.SceneJob(SCENES[0], snpp_root / "data" / SCENES[0], out / "scenes" / SCENES[0], None,
+    job = benchmark.SceneJob(SCENES[0], snpp_root / "data" / SCENES[0], WorkDir(out).scene(SCENES[0]), None,
                              benchmark.make_reader("scannetpp"), changed, ("lidar",), "default", benchmark.Table2Eval())
     assert benchmark.finished(job) is None
 
@@ -95,9 +95,6 @@ def test_benchmark_on_a_local_ray_instance(snpp_root, tmp_path):
 
 
 def test_cli_table2_protocol_with_overrides(snpp_root, tmp_path, monkeypatch):
-    logger = logging.getLogger("pipeline")  # the CLI configures it: restore it for the tests after this one
-    for attr in ("handlers", "propagate", "level"):
-        monkeypatch.setattr(logger, attr, list(logger.handlers) if attr == "handlers" else getattr(logger, attr))
     out = tmp_path / "t2"
     (tmp_path / "fast.toml").write_text("[eval]\nsample_spacing_m = 0.02\n[ingest]\nblur_select = false\n")
     res = CliRunner().invoke(cli, ["-q", "benchmark", str(snpp_root), "-o", str(out), "--dataset", "scannetpp",
@@ -106,7 +103,7 @@ def test_cli_table2_protocol_with_overrides(snpp_root, tmp_path, monkeypatch):
                                    "--voxel-size", "0.04", "--depth-resolution", "160", "--pose-source", "colmap",
                                    "--keep-largest-clusters", "50", "--jobs", "1"])
     assert res.exit_code == 0, res.output
-    report = json.loads((out / "benchmark.json").read_text())
+    report = json.loads(WorkDir(out).benchmark_report("json").read_text())
     cfg = report["config"]
     assert cfg["fuse"]["voxel_size_m"] == 0.04  # the option given wins over the protocol's 2 cm
     assert cfg["fuse"]["voxel_size_m"] * cfg["fuse"]["sdf_trunc_voxels"] == pytest.approx(0.15)  # protocol
@@ -124,9 +121,9 @@ def test_arkitscenes_benchmark_is_depth_only(tmp_path):
     make_arkitscenes_video(tmp_path / "raw" / "Validation", "41069021", n_frames=8)
     out = tmp_path / "bench"
     benchmark.run(tiny_cfg(), tmp_path, out, "arkitscenes", ["all"], ["lidar"], jobs=1)
-    ev = json.loads((out / "benchmark.json").read_text())["scenes"]["41069021"]["models"]["lidar"]
+    ev = json.loads(WorkDir(out).benchmark_report("json").read_text())["scenes"]["41069021"]["models"]["lidar"]
     assert set(ev) == {"depth"} and ev["depth"]["delta_0.5"] > 0.9
-    assert not (out / "scenes" / "41069021" / "compare").exists()  # no GT mesh: nothing fused
+    assert not WorkDir(out).scene("41069021").compare_model("lidar").fuse.exists()  # no GT mesh: nothing fused
 
 
 def test_table2_metrics_hand_computed():

@@ -16,6 +16,7 @@ from pipeline.geometry import FLIP_YZ, backproject, scale_intrinsics, transform_
 from pipeline.readers import READERS, detect
 from pipeline.readers.arkitscenes import ARKitScenesReader
 from pipeline.readers.scannetpp import DepthBin, ScanNetPPReader, gt_mesh_path, scene_dirs
+from pipeline.workdir import WorkDir
 from make_dataset_fixtures import make_arkitscenes_video, make_scannetpp_scene
 
 DIST = (0.06, -0.03, 0.002, -0.001)  # k1 k2 p1 p2: about 8 px at the corners of a 320x240 image
@@ -225,13 +226,13 @@ def test_arkitscenes_frames_outside_the_trajectory_are_skipped(ark, tmp_path):
 def test_ingest_writes_both_datasets_with_gt_depth(snpp, ark, tmp_path):
     cfg = IngestConfig(blur_select=False, all_frames=True)  # the readers, not the selection, are tested here
     ingest.run(cfg, snpp[1].scene_dir, tmp_path / "snpp")
-    table = CaptureTable.load(tmp_path / "snpp" / "capture")
+    table = CaptureTable.load(tmp_path / "snpp")
     assert len(table) == 6 and table.rgb_size == (320, 240)
     np.testing.assert_allclose(table.camera_to_world, snpp[1].aligned_pose, atol=1e-9)
-    assert sorted(p.name for p in (tmp_path / "snpp" / "capture" / "gt_depth").iterdir()) == [
+    assert sorted(p.name for p in WorkDir(tmp_path / "snpp").gt_depth.iterdir()) == [
         f"{i:06d}.png" for i in snpp[1].colmap_frames]  # iphone/render_depth of the COLMAP frames
     ingest.run(cfg, ark.video_dir, tmp_path / "ark")
-    table = CaptureTable.load(tmp_path / "ark" / "capture")
+    table = CaptureTable.load(tmp_path / "ark")
     assert len(table) == 12 and table.confidence_path[0] is not None
-    assert sorted(p.name for p in (tmp_path / "ark" / "capture" / "gt_depth").iterdir()) == [
+    assert sorted(p.name for p in WorkDir(tmp_path / "ark").gt_depth.iterdir()) == [
         f"{i:06d}.png" for i in ark.highres_frames]

@@ -14,6 +14,7 @@ from pipeline.depth.classical import GuidedUpsampler
 from pipeline.errors import PromptmeshError
 from pipeline.geometry import output_size
 from pipeline.ingest import depth_m_to_mm
+from pipeline.workdir import WorkDir
 
 RGB_WH = (64, 48)
 LIDAR_WH = (16, 12)
@@ -22,7 +23,7 @@ N_FRAMES = 4
 
 def make_workdir(root, ingest_fingerprint="ingest-v1"):
     """A hand-made ingested capture: 4 frames (indices 0, 5, 10, 15) of a box in front of a wall."""
-    cap = root / "capture"
+    cap = WorkDir(root).capture
     rng = np.random.default_rng(0)
     rows = []
     for k in range(N_FRAMES):
@@ -75,7 +76,7 @@ def count_predictions(monkeypatch):
 def test_outputs_names_sizes_and_millimetres(tmp_path, model):
     wd = make_workdir(tmp_path)
     out = depth.run(DepthConfig(model=model, long_side_px=32), wd)
-    assert out == wd / "depth" / model
+    assert out == WorkDir(wd).depth(model)
     assert pngs(out) == [f"{5 * k:06d}.png" for k in range(N_FRAMES)]
     w, h = output_size(*RGB_WH, 32)
     assert (w, h) == (32, 24)
@@ -95,13 +96,13 @@ def test_frames_predicted_on_threads_equal_one_at_a_time(tmp_path, model):
     model frame by frame on decoded frames."""
     wd = make_workdir(tmp_path)
     out = depth.run(DepthConfig(model=model, long_side_px=40), wd)
-    predictor = depth.MODELS[model](DepthConfig(), wd / "depth")
+    predictor = depth.MODELS[model](DepthConfig(), WorkDir(wd).depth_root)
     assert predictor.frames_in_parallel and predictor.uses_rgb == (model == "guided")
     for k in range(N_FRAMES):
         stem = f"{5 * k:06d}"
-        rgb = cv2.cvtColor(cv2.imread(str(wd / "capture" / "rgb" / f"{stem}.jpg")), cv2.COLOR_BGR2RGB)
-        lidar_m = cv2.imread(str(wd / "capture" / "lidar" / f"{stem}.png"), cv2.IMREAD_UNCHANGED) / 1000.0
-        confidence = cv2.imread(str(wd / "capture" / "confidence" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        rgb = cv2.cvtColor(cv2.imread(str(WorkDir(wd).capture / "rgb" / f"{stem}.jpg")), cv2.COLOR_BGR2RGB)
+        lidar_m = cv2.imread(str(WorkDir(wd).capture / "lidar" / f"{stem}.png"), cv2.IMREAD_UNCHANGED) / 1000.0
+        confidence = cv2.imread(str(WorkDir(wd).capture / "confidence" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         expected = depth_m_to_mm(predictor.predict(rgb, lidar_m.astype(np.float32), confidence, (30, 40)))
         np.testing.assert_array_equal(cv2.imread(str(out / f"{stem}.png"), cv2.IMREAD_UNCHANGED), expected)
 
@@ -109,7 +110,8 @@ def test_frames_predicted_on_threads_equal_one_at_a_time(tmp_path, model):
 def test_full_resolution_keeps_rgb_size(tmp_path):
     wd = make_workdir(tmp_path)
     out = depth.run(DepthConfig(model="lidar", long_side_px=1008), wd)  # never upscaled past the RGB
-    assert all(mm.shape == RGB_WH[::-1] for mm in read_all(out).values())
+    maps = read_all(out)
+    assert len(maps) == N_FRAMES and {mm.shape for mm in maps.values()} == {RGB_WH[::-1]}
 
 
 def test_second_run_does_nothing_and_changed_setting_reruns(tmp_path, count_predictions, caplog):
@@ -123,10 +125,11 @@ def test_second_run_does_nothing_and_changed_setting_reruns(tmp_path, count_pred
     assert "depth: up to date" in caplog.text
     out = depth.run(DepthConfig(model="guided", long_side_px=48), wd)
     assert count_predictions["calls"] == 2 * N_FRAMES
-    assert all(mm.shape == (36, 48) for mm in read_all(out).values())
-    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == pngs(out)
+    maps = read_all(out)
+    assert len(maps) == N_FRAMES and {mm.shape for mm in maps.values()} == {(36, 48)}
+    assert pngs(out) == [f"{5 * k:06d}.png" for k in range(N_FRAMES)]  # one map per frame, named by its stem
     # a changed upstream (re-ingested capture) reruns too
-    Manifest("ingest", "ingest-v2", outputs=["frames.parquet"], settings={}).write(wd / "capture")
+    Manifest("ingest", "ingest-v2", outputs=["frames.parquet"], settings={}).write(WorkDir(wd).capture)
     depth.run(DepthConfig(model="guided", long_side_px=48), wd)
     assert count_predictions["calls"] == 3 * N_FRAMES
 
@@ -152,7 +155,7 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, count_predi
     count_predictions.update(calls=0, fail_after=2)
     with pytest.raises(KeyboardInterrupt):
         depth.run(cfg, wd)
-    out = wd / "depth" / "guided"
+    out = WorkDir(wd).depth("guided")
     assert pngs(out) == ["000000.png", "000005.png"]
     assert Manifest.read(out) is None and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     count_predictions.update(calls=0, fail_after=None)
@@ -192,7 +195,7 @@ def test_explicit_promptda_without_weights_says_how_to_get_them(tmp_path):
     wd = make_workdir(tmp_path)
     with pytest.raises(PromptmeshError, match="download"):
         depth.run(DepthConfig(model="promptda-vits", weights=str(tmp_path / "none.ckpt")), wd)
-    assert not (wd / "depth" / "promptda-vits").exists()
+    assert not WorkDir(wd).depth("promptda-vits").exists()
 
 
 def test_missing_ingest_says_what_to_run(tmp_path):
@@ -205,7 +208,7 @@ def test_weights_hash_is_cached(tmp_path, monkeypatch):
 
     weights = tmp_path / "model.ckpt"
     weights.write_bytes(b"not really weights")
-    cache = tmp_path / "depth" / ".weights_sha256.json"
+    cache = WorkDir(tmp_path).depth_root / ".weights_sha256.json"
     first = depth.cached_weights_sha256(weights, cache)
     assert first == hashlib.sha256(b"not really weights").hexdigest()
     monkeypatch.setattr(promptda_io, "weights_sha256", lambda p: pytest.fail("hash recomputed"))

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import logging
 import shutil
-import struct
 from pathlib import Path
 
 import cv2
@@ -23,8 +22,10 @@ from pipeline.artifacts import Manifest, write_png_atomic
 from pipeline.capture import CaptureTable, FrameRow, write_frames_table
 from pipeline.config import EvalConfig, FuseConfig, MeshConfig
 from pipeline.errors import PromptmeshError
+from pipeline.export.gltf import read_glb
 from pipeline.geometry import scale_intrinsics
 from pipeline.ingest import depth_m_to_mm
+from pipeline.workdir import WorkDir
 
 ROOM_SIZE_M = np.array([4.0, 2.5, 3.0])  # x, y (up, floor at y = 0), z
 RGB_WH, DEPTH_WH = (320, 240), (160, 120)
@@ -65,8 +66,9 @@ def camera_poses(offset) -> list[np.ndarray]:
     return poses
 
 
-def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.ndarray, wh) -> tuple:
-    """(z-depth metres (inf = miss), RGB uint8 from the wall colours) through pixel centres."""
+def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.ndarray, wh, pattern=None) -> tuple:
+    """(z-depth metres (inf = miss), RGB uint8 from the wall colours) through pixel centres; `pattern`, if
+    given, maps (h,w,3) world points of the hits to (h,w) factors in [0, 1] that the colours are scaled by."""
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(room))
     depth = evaluate.render_depth(scene, K, camera_to_world, wh)
@@ -80,20 +82,24 @@ def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.n
     rgb = np.zeros((h, w, 3), np.uint8)
     for (axis, sign), color in FACE_COLORS.items():
         rgb[np.abs(inward[..., axis] - sign) < 0.5] = color
+    if pattern is not None:
+        points = camera_to_world[:3, 3] + np.where(np.isfinite(depth), depth, 0)[..., None] * dirs
+        rgb = np.clip(np.rint(rgb * pattern(points)[..., None]), 0, 255).astype(np.uint8)
     return depth, rgb
 
 
-def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True) -> Path:
-    """A work directory as ingest + `depth lidar` would leave it, for a box room shifted by `offset`."""
+def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True, pattern=None) -> Path:
+    """A work directory as ingest + `depth lidar` would leave it, for a box room shifted by `offset` (its RGB
+    frames' colours scaled by `pattern`, see render)."""
     offset = np.asarray(offset, float)
     room = box_room(offset)
-    cap = root / "capture"
+    cap = WorkDir(root).capture
     K_depth = scale_intrinsics(K_RGB, RGB_WH, DEPTH_WH)
     rows = []
     for i, pose in enumerate(camera_poses(offset)):
         stem = f"{i:06d}"
         depth_m, _ = render(room, pose, K_depth, DEPTH_WH)
-        gt_m, rgb = render(room, pose, K_RGB, RGB_WH)
+        gt_m, rgb = render(room, pose, K_RGB, RGB_WH, pattern)
         depth_mm = depth_m_to_mm(np.where(np.isfinite(depth_m), depth_m, 0))
         (cap / "rgb").mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(cap / "rgb" / f"{stem}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
@@ -101,13 +107,13 @@ def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True) -> Pat
         write_png_atomic(cap / "confidence" / f"{stem}.png", np.full(depth_mm.shape, 2, np.uint8))
         if with_gt_depth:
             write_png_atomic(cap / "gt_depth" / f"{stem}.png", depth_m_to_mm(np.where(np.isfinite(gt_m), gt_m, 0)))
-        write_png_atomic(root / "depth" / "lidar" / f"{stem}.png", depth_mm)
+        write_png_atomic(WorkDir(root).depth("lidar") / f"{stem}.png", depth_mm)
         rows.append(FrameRow(i, 0.1 * i, f"rgb/{stem}.jpg", f"lidar/{stem}.png", f"confidence/{stem}.png",
                              *RGB_WH, *DEPTH_WH, K_RGB[0, 0], K_RGB[1, 1], K_RGB[0, 2], K_RGB[1, 2],
                              pose.reshape(-1).tolist()))
     write_frames_table(cap / "frames.parquet", rows)
     Manifest("depth", "depth-lidar-v1", outputs=[f"{i:06d}.png" for i in range(len(rows))],
-             settings={"model": "lidar"}).write(root / "depth" / "lidar")
+             settings={"model": "lidar"}).write(WorkDir(root).depth("lidar"))
     o3d.io.write_triangle_mesh(str(root / "gt_room.ply"), room)
     return root
 
@@ -125,9 +131,12 @@ def room(tmp_path_factory) -> tuple[Path, dict]:
     return workdir, run_all(workdir)
 
 
-def artifact_mtimes(workdir: Path) -> dict[str, int]:
-    names = ["fuse/tsdf.npz", "mesh.ply", "mesh.obj", "mesh.glb", "eval.json", "eval/curve.json"]
-    return {n: (workdir / n).stat().st_mtime_ns for n in names}
+def artifact_mtimes(workdir: Path, every: bool = True) -> dict[str, int]:
+    """Modification times of the fused volume, mesh.ply and eval.json (and, with `every`, the other exports and
+    the F-score curve), keyed by their path in the work directory."""
+    wd = WorkDir(workdir)
+    paths = [wd.tsdf, wd.mesh("ply"), wd.eval_json] + ([wd.mesh("obj"), wd.mesh("glb"), wd.eval_curve] if every else [])
+    return {str(p.relative_to(wd.root)): p.stat().st_mtime_ns for p in paths}
 
 
 # --------------------------------------------------------------------------- quality and contracts
@@ -143,7 +152,7 @@ def test_eval_json_contract_and_scores(room):
     # depth/lidar is the GT depth rendered at half size: nearest upsampling errs only at slanted pixels
     assert set(ev["depth"]) == {"l1_m", "rmse_m", "absrel", "delta_0.5"}
     assert 0 < ev["depth"]["l1_m"] < 0.01 and ev["depth"]["delta_0.5"] > 0.98
-    curve = json.loads(evaluate.curve_path(workdir).read_text())
+    curve = json.loads(WorkDir(workdir).eval_curve.read_text())
     assert curve["thresholds_m"] == pytest.approx([0.01 * k for k in range(1, 11)])
     assert curve["culled"]["fscore"][4] == pytest.approx(ev["culled"]["fscore"])
     assert np.all(np.diff(curve["unculled"]["recall"]) >= 0)
@@ -151,7 +160,7 @@ def test_eval_json_contract_and_scores(room):
 
 def test_mesh_in_world_frame_with_wall_colours(room):
     workdir, _ = room
-    m = trimesh.load(workdir / "mesh.ply", process=False)
+    m = trimesh.load(WorkDir(workdir).mesh("ply"), process=False)
     v = np.asarray(m.vertices)
     # the fused walls lie on the room's walls (bounds within a voxel)
     np.testing.assert_allclose(v.min(0), [0, 0, 0], atol=0.02)
@@ -170,23 +179,23 @@ def test_mesh_in_world_frame_with_wall_colours(room):
 
 def test_exports_reload_with_same_vertices_and_colours(room):
     workdir, res = room
-    assert res["meshes"] == [workdir / "mesh.ply", workdir / "mesh.obj", workdir / "mesh.glb"]
-    ref = trimesh.load(workdir / "mesh.ply", process=False)
-    for name in ("mesh.obj", "mesh.glb"):
-        other = trimesh.load(workdir / name, force="mesh", process=False)
-        assert len(other.vertices) == len(ref.vertices), name
-        assert len(other.faces) == len(ref.faces), name
-        np.testing.assert_allclose(other.vertices, ref.vertices, atol=1e-5)
-        np.testing.assert_allclose(np.asarray(other.visual.vertex_colors)[:, :3],
-                                   np.asarray(ref.visual.vertex_colors)[:, :3], atol=1)
-    # the GLB is glTF 2.0 with per-vertex colours and normals (what viewers need for shading)
-    glb = (workdir / "mesh.glb").read_bytes()
-    magic, version, length = struct.unpack("<4sII", glb[:12])
-    chunk_length = struct.unpack("<I", glb[12:16])[0]
-    gltf = json.loads(glb[20:20 + chunk_length])
-    assert (magic, version, length) == (b"glTF", 2, len(glb))
-    assert {"POSITION", "COLOR_0", "NORMAL"} <= set(gltf["meshes"][0]["primitives"][0]["attributes"])
-    manifest = Manifest.read(mesh.mesh_dir(workdir))
+    wd = WorkDir(workdir)
+    assert res["meshes"] == [wd.mesh("ply"), wd.mesh("obj"), wd.mesh("glb")]
+    ref = trimesh.load(wd.mesh("ply"), process=False)
+    obj = trimesh.load(wd.mesh("obj"), force="mesh", process=False)
+    assert (len(obj.vertices), len(obj.faces)) == (len(ref.vertices), len(ref.faces))
+    np.testing.assert_allclose(obj.vertices, ref.vertices, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(obj.visual.vertex_colors)[:, :3],
+                               np.asarray(ref.visual.vertex_colors)[:, :3], atol=1)
+    # the GLB is glTF 2.0 with per-vertex colours and unit normals, and opens in trimesh
+    gltf, arrays, _ = read_glb(wd.mesh("glb"))
+    assert {"POSITION", "COLOR_0", "NORMAL"} <= set(arrays)
+    np.testing.assert_allclose(arrays["POSITION"], ref.vertices, atol=1e-5)
+    np.testing.assert_array_equal(arrays["indices"], ref.faces)
+    np.testing.assert_array_equal(arrays["COLOR_0"][:, :3], np.asarray(ref.visual.vertex_colors)[:, :3])
+    np.testing.assert_allclose(np.linalg.norm(arrays["NORMAL"], axis=1), 1, atol=1e-5)
+    assert len(trimesh.load(wd.mesh("glb"), force="mesh", process=False).faces) == len(ref.faces)
+    manifest = Manifest.read(wd.mesh_stage)
     assert manifest.outputs == ["../mesh.ply", "../mesh.obj", "../mesh.glb"]
     assert manifest.summary["vertices"] == len(ref.vertices)
 
@@ -208,31 +217,27 @@ def test_changed_voxel_size_reruns_fuse_and_after(tmp_path):
     mesh_cfg = MeshConfig(min_component_triangles=50)
     first = run_all(workdir, coarse, mesh_cfg)
     assert "depth" not in first["eval"]  # no GT depth in this work directory
-    before = artifact_mtimes_subset(workdir)
-    n_coarse = Manifest.read(mesh.mesh_dir(workdir)).summary["triangles"]
+    before = artifact_mtimes(workdir, every=False)
+    n_coarse = Manifest.read(WorkDir(workdir).mesh_stage).summary["triangles"]
     run_all(workdir, dataclasses.replace(coarse, voxel_size_m=0.03), mesh_cfg)
-    after = artifact_mtimes_subset(workdir)
+    after = artifact_mtimes(workdir, every=False)
     assert all(after[k] != before[k] for k in before)
-    assert Manifest.read(mesh.mesh_dir(workdir)).summary["triangles"] > 1.5 * n_coarse
+    assert Manifest.read(WorkDir(workdir).mesh_stage).summary["triangles"] > 1.5 * n_coarse
     # a changed mesh setting reruns mesh and eval, not fuse
     run_all(workdir, dataclasses.replace(coarse, voxel_size_m=0.03), dataclasses.replace(mesh_cfg, weight_threshold=2))
-    again = artifact_mtimes_subset(workdir)
+    again = artifact_mtimes(workdir, every=False)
     assert again["fuse/tsdf.npz"] == after["fuse/tsdf.npz"]
     assert again["mesh.ply"] != after["mesh.ply"] and again["eval.json"] != after["eval.json"]
     # a new depth stage fingerprint reruns fuse
-    m = Manifest.read(workdir / "depth" / "lidar")
-    Manifest("depth", "depth-lidar-v2", m.outputs, m.settings).write(workdir / "depth" / "lidar")
+    m = Manifest.read(WorkDir(workdir).depth("lidar"))
+    Manifest("depth", "depth-lidar-v2", m.outputs, m.settings).write(WorkDir(workdir).depth("lidar"))
     fuse.run(dataclasses.replace(coarse, voxel_size_m=0.03), workdir, depth_model="lidar")
-    assert (workdir / "fuse" / "tsdf.npz").stat().st_mtime_ns != again["fuse/tsdf.npz"]
+    assert WorkDir(workdir).tsdf.stat().st_mtime_ns != again["fuse/tsdf.npz"]
     # a missing depth map is named, and the stage is left not done
-    (workdir / "depth" / "lidar" / "000005.png").unlink()
+    (WorkDir(workdir).depth("lidar") / "000005.png").unlink()
     with pytest.raises(PromptmeshError, match="000005.png"):
         fuse.run(coarse, workdir, depth_model="lidar")
-    assert Manifest.read(fuse.fuse_dir(workdir)) is None
-
-
-def artifact_mtimes_subset(workdir: Path) -> dict[str, int]:
-    return {n: (workdir / n).stat().st_mtime_ns for n in ("fuse/tsdf.npz", "mesh.ply", "eval.json")}
+    assert Manifest.read(WorkDir(workdir).fuse) is None
 
 
 def test_mesh_follows_a_shifted_world(room, tmp_path):
@@ -241,24 +246,43 @@ def test_mesh_follows_a_shifted_world(room, tmp_path):
     shifted = build_workdir(tmp_path, offset=shift, with_gt_depth=False)
     fuse.run(FUSE, shifted, depth_model="lidar")
     mesh.run(MeshConfig(), shifted)
-    v0 = np.asarray(trimesh.load(workdir / "mesh.ply", process=False).vertices)
-    v1 = np.asarray(trimesh.load(shifted / "mesh.ply", process=False).vertices)
+    v0 = np.asarray(trimesh.load(WorkDir(workdir).mesh("ply"), process=False).vertices)
+    v1 = np.asarray(trimesh.load(WorkDir(shifted).mesh("ply"), process=False).vertices)
     np.testing.assert_allclose(v1.min(0), v0.min(0) + shift, atol=0.02)
     np.testing.assert_allclose(v1.max(0), v0.max(0) + shift, atol=0.02)
     np.testing.assert_allclose(v1.mean(0), v0.mean(0) + shift, atol=0.02)
 
 
-def test_out_dir_keeps_variants_apart(room, tmp_path):
+def test_out_folder_keeps_variants_apart(room, tmp_path):
     workdir, _ = room
     out = tmp_path / "variant"
-    assert fuse.run(FUSE, workdir, depth_model="lidar", out_dir=out) == out / "fuse"
-    assert mesh.run(MeshConfig(), workdir, out_dir=out) == [out / "mesh.ply"]
-    ev = json.loads(evaluate.run(EVAL, workdir, gt_mesh=workdir / "gt_room.ply", out_dir=out).read_text())
+    variant = WorkDir(workdir, out)  # capture and depth from workdir, fusion onwards in out
+    assert fuse.run(FUSE, variant, depth_model="lidar") == out / "fuse"
+    assert mesh.run(MeshConfig(), variant) == [out / "mesh.ply"]
+    ev = json.loads(evaluate.run(EVAL, variant, gt_mesh=workdir / "gt_room.ply").read_text())
     assert ev["culled"]["fscore"] > 0.95
-    assert Manifest.read(mesh.mesh_dir(out)).outputs == ["../mesh.ply"]
-    # exports of a format no longer asked for are removed with the rerun, not left stale
-    mesh.run(MeshConfig(formats=("glb",)), workdir, out_dir=out)
-    assert (out / "mesh.glb").exists() and not (out / "mesh.ply").exists()
+    assert Manifest.read(variant.mesh_stage).outputs == ["../mesh.ply"]
+    # another format of the same mesh is added without redoing it; mesh.ply (which eval read) stays
+    ply_mtime = (out / "mesh.ply").stat().st_mtime_ns
+    assert mesh.run(MeshConfig(formats=("glb",)), variant) == [out / "mesh.ply", out / "mesh.glb"]
+    assert (out / "mesh.ply").stat().st_mtime_ns == ply_mtime
+    assert sorted(Manifest.read(variant.mesh_stage).outputs) == ["../mesh.glb", "../mesh.ply"]
+    assert len(trimesh.load(out / "mesh.glb", force="mesh").faces) == len(mesh.read_ply(out / "mesh.ply").triangles)
+    eval_mtime = (out / "eval.json").stat().st_mtime_ns
+    evaluate.run(EVAL, variant, gt_mesh=workdir / "gt_room.ply")
+    assert (out / "eval.json").stat().st_mtime_ns == eval_mtime  # the mesh did not change: eval is up to date
+    # a changed mesh removes the old one's other formats (stale) and keeps only what it rewrote
+    mesh.run(MeshConfig(min_component_triangles=1), variant)
+    assert (out / "mesh.ply").exists() and not (out / "mesh.glb").exists()
+
+
+def test_compare_model_layout():
+    wd = WorkDir("/w").compare_model("guided")
+    assert (wd.capture, wd.depth("guided"), wd.fuse, wd.mesh("glb"), wd.eval_json, wd.eval_curve) == (
+        Path("/w/capture"), Path("/w/depth/guided"), Path("/w/compare/guided/fuse"),
+        Path("/w/compare/guided/mesh.glb"), Path("/w/compare/guided/eval.json"),
+        Path("/w/compare/guided/eval/curve.json"))
+    assert WorkDir(wd) == wd and WorkDir("/w").scene("s1").frames_parquet == Path("/w/scenes/s1/capture/frames.parquet")
 
 
 # --------------------------------------------------------------------------- pieces
@@ -274,8 +298,8 @@ def test_mask_depth_mm_drops_out_of_range_and_low_confidence():
 
 def test_block_estimate_covers_the_fused_blocks(room):
     workdir, _ = room
-    estimate = fuse.estimate_block_count(CaptureTable.load(workdir / "capture"), FUSE)
-    fused = Manifest.read(fuse.fuse_dir(workdir)).summary["blocks"]
+    estimate = fuse.estimate_block_count(CaptureTable.load(workdir), FUSE)
+    fused = Manifest.read(WorkDir(workdir).fuse).summary["blocks"]
     assert fused <= estimate <= 3 * fused
 
 
@@ -322,13 +346,13 @@ def test_bad_gt_mesh_names_the_file(room, tmp_path):
 def test_gt_mesh_in_another_frame_is_reported(room, tmp_path):
     workdir, _ = room
     out = tmp_path / "far"  # a copy of the finished mesh stage, so the shared work directory stays as it is
-    shutil.copytree(workdir / "mesh", out / "mesh")
-    shutil.copytree(workdir / "fuse", out / "fuse", ignore=shutil.ignore_patterns("*.npz"))
-    shutil.copy(workdir / "mesh.ply", out / "mesh.ply")
+    shutil.copytree(WorkDir(workdir).mesh_stage, out / "mesh")
+    shutil.copytree(WorkDir(workdir).fuse, out / "fuse", ignore=shutil.ignore_patterns("*.npz"))
+    shutil.copy(WorkDir(workdir).mesh("ply"), out / "mesh.ply")
     far = tmp_path / "far_room.ply"  # 50 m straight above the cameras: outside every view
     o3d.io.write_triangle_mesh(str(far), o3d.geometry.TriangleMesh.create_box().translate((1.5, 50.0, 1.0)))
     with pytest.raises(PromptmeshError, match="world frame"):
-        evaluate.run(EVAL, workdir, gt_mesh=far, out_dir=out)
+        evaluate.run(EVAL, WorkDir(workdir, out), gt_mesh=far)
 
 
 def test_weight_threshold_counts_observations():
@@ -365,7 +389,7 @@ def test_automatic_voxel_size_follows_the_scene_depth(tmp_path):
         rows.append(FrameRow(i, i / 30, f"rgb/{i:06d}.jpg", f"lidar/{i:06d}.png", None, 64, 48, 16, 12, 50.0, 50.0,
                              32.0, 24.0, np.eye(4).reshape(-1).tolist()))
     write_frames_table(capture / "frames.parquet", rows)
-    table = CaptureTable.load(capture)
+    table = CaptureTable.load(tmp_path)
     assert fuse.scene_depth_m(table) == pytest.approx(0.32)
     chosen, depth_m = fuse.resolve_voxel_size(FuseConfig(), table)
     assert depth_m == pytest.approx(0.32) and chosen.voxel_size_m == 0.004

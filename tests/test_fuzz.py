@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pipeline.workdir import WorkDir
 
 REPO = Path(__file__).resolve().parents[1]
 N_FRAMES = 12
@@ -102,10 +103,10 @@ def assert_skipped(result: subprocess.CompletedProcess, workdir: Path, n_bad: in
     assert len(warnings) == n_bad, result.stderr
     for name in named:
         assert any(name in w for w in warnings), (name, warnings)
-    summary = json.loads((workdir / "capture" / "manifest.json").read_text())["summary"]
+    summary = json.loads((WorkDir(workdir).capture / "manifest.json").read_text())["summary"]
     assert summary["skipped_bad"] == n_bad and summary["kept"] == N_FRAMES - n_bad
     assert f"{N_FRAMES - n_bad} of {N_FRAMES} frames used ({n_bad} bad frames skipped" in result.stdout
-    assert (workdir / "mesh.ply").stat().st_size > 0
+    assert WorkDir(workdir).mesh("ply").stat().st_size > 0
 
 
 # --------------------------------------------------------------------------- JPEG
@@ -125,7 +126,7 @@ def test_ingest_command_reports_the_skipped_frames(capture, base, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "frame_00005.jpg" in result.stderr and "frame skipped" in result.stderr
     assert (f"frames:  {N_FRAMES - 1} of {N_FRAMES} frames used (1 bad frames skipped" in result.stdout
-            and str(tmp_path / "w" / "capture" / "manifest.json") in result.stdout), result.stdout
+            and str(WorkDir(tmp_path / "w").capture / "manifest.json") in result.stdout), result.stdout
 
 
 def test_jpeg_of_another_size_is_skipped(capture, base, tmp_path):
@@ -218,7 +219,7 @@ def test_video_with_fewer_frames_than_poses_skips_the_rest(capture, base, tmp_pa
         shutil.copy(cap / "depth" / "000000.png", cap / "depth" / f"{N_FRAMES + k - 1:06d}.png")
     result = run(cap, tmp_path / "w", base)
     assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "w" / "capture" / "manifest.json").read_text())["summary"]
+    summary = json.loads((WorkDir(tmp_path / "w").capture / "manifest.json").read_text())["summary"]
     assert summary["listed"] == N_FRAMES + 2 and summary["kept"] == N_FRAMES and summary["skipped_bad"] == 2
     assert "2 bad frames skipped" in result.stdout
 
@@ -284,7 +285,7 @@ def test_zero_depth_everywhere_is_one_line_error_at_fuse(capture, base, tmp_path
         cv2.imwrite(str(png), np.zeros((192, 256), np.uint16))
     result = run(cap, tmp_path / "w", base)
     assert_one_line_error(result, "depth/lidar", "no depth within", "lower fuse.min_confidence")
-    assert (tmp_path / "w" / "depth" / "lidar" / "manifest.json").exists()  # earlier stages are complete
+    assert (WorkDir(tmp_path / "w").depth("lidar") / "manifest.json").exists()  # earlier stages are complete
     assert_nothing_half_written(tmp_path / "w", "fuse")
 
 
@@ -294,7 +295,7 @@ def test_a_frame_without_depth_adds_nothing(capture, base, tmp_path):
     result = run(cap, tmp_path / "w", base)
     assert result.returncode == 0, result.stderr
     assert "fuse: 1 frames have no depth" in result.stderr and "(000003)" in result.stderr
-    assert json.loads((tmp_path / "w" / "fuse" / "manifest.json").read_text())["summary"]["frames_without_depth"] == 1
+    assert json.loads((WorkDir(tmp_path / "w").fuse / "manifest.json").read_text())["summary"]["frames_without_depth"] == 1
 
 
 def test_negative_nan_and_huge_depth_are_no_measurement(capture, base, tmp_path):
@@ -310,7 +311,7 @@ def test_negative_nan_and_huge_depth_are_no_measurement(capture, base, tmp_path)
     result = run(cap, tmp_path / "w", base)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
     for i in (2, 4, 6):
-        mm = cv2.imread(str(tmp_path / "w" / "capture" / "lidar" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
+        mm = cv2.imread(str(WorkDir(tmp_path / "w").capture / "lidar" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
         assert np.all(mm[:, : mm.shape[1] // 2] == 0) and np.all(mm[:, mm.shape[1] // 2:] > 0)
 
 
@@ -399,13 +400,13 @@ def test_unreadable_gt_mesh_is_one_line_error(capture, base, tmp_path, content):
     gt.write_bytes(content)
     result = run(cap, tmp_path / "w", base, "--gt-mesh", gt)
     assert_one_line_error(result, str(gt), "pass a")
-    assert (tmp_path / "w" / "mesh.ply").exists()  # the work before eval is complete and kept
+    assert WorkDir(tmp_path / "w").mesh("ply").exists()  # the work before eval is complete and kept
     assert_nothing_half_written(tmp_path / "w", "eval")
-    assert not (tmp_path / "w" / "eval.json").exists()
+    assert not WorkDir(tmp_path / "w").eval_json.exists()
 
 
 def test_missing_gt_mesh_fails_before_any_work(capture, base, tmp_path):
     cap = capture("stray")
     result = run(cap, tmp_path / "w", base, "--gt-mesh", tmp_path / "nope.ply")
     assert_one_line_error(result, str(tmp_path / "nope.ply"), "not found")
-    assert not (tmp_path / "w" / "capture").exists()
+    assert not WorkDir(tmp_path / "w").capture.exists()

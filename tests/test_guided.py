@@ -214,6 +214,7 @@ def test_guided_beats_lidar_on_the_hard_synthetic_room(tmp_path):
     from pipeline import depth, evaluate, fuse, ingest, mesh
     from pipeline.artifacts import Manifest
     from pipeline.config import DepthConfig, EvalConfig, FuseConfig, IngestConfig, MeshConfig
+    from pipeline.workdir import WorkDir
 
     capture = make_capture(tmp_path / "room", scene="hard", n_frames=20, width=640, height=480, codec="mp4v")
     wd = tmp_path / "work"
@@ -221,11 +222,10 @@ def test_guided_beats_lidar_on_the_hard_synthetic_room(tmp_path):
     result = {}
     for model in ("lidar", "guided"):
         depth_dir = depth.run(DepthConfig(model=model), wd)
-        out = wd / model
-        fuse.run(FuseConfig(voxel_size_m=0.02), wd, depth_model=model, out_dir=out)
-        mesh.run(MeshConfig(), wd, out_dir=out)
-        report = json.loads(evaluate.run(EvalConfig(sample_spacing_m=0.01), wd, gt_mesh=capture["gt_mesh"],
-                                         out_dir=out).read_text())
+        out = WorkDir(wd).compare_model(model)
+        fuse.run(FuseConfig(voxel_size_m=0.02), out, depth_model=model)
+        mesh.run(MeshConfig(), out)
+        report = json.loads(evaluate.run(EvalConfig(sample_spacing_m=0.01), out, gt_mesh=capture["gt_mesh"]).read_text())
         result[model] = (report["depth"]["l1_m"], report["culled"]["fscore"],
                          Manifest.read(depth_dir).summary["coverage_mean_computed"])
     (l1_lidar, f_lidar, cov_lidar), (l1, f, cov) = result["lidar"], result["guided"]

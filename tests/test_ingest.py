@@ -10,6 +10,7 @@ from pipeline import ingest
 from pipeline.capture import FRAMES_SCHEMA, CaptureSource, CaptureTable, SourceFrame
 from pipeline.config import IngestConfig
 from pipeline.errors import PromptmeshError
+from pipeline.workdir import WorkDir
 
 W, H, w, h = 64, 48, 16, 12
 K = np.array([[50.0, 0, 31.0], [0, 52.0, 23.5], [0, 0, 1]])
@@ -47,7 +48,7 @@ def _run(monkeypatch, tmp_path, frames, cfg) -> CaptureTable:
     monkeypatch.setattr(ingest, "open_capture", lambda p: _source(frames))
     (tmp_path / "cap").mkdir(exist_ok=True)
     ingest.run(cfg, tmp_path / "cap", tmp_path / "wd", force=True)
-    return CaptureTable.load(tmp_path / "wd" / "capture")
+    return CaptureTable.load(tmp_path / "wd")
 
 
 def test_sharpest_of_each_window(monkeypatch, tmp_path):
@@ -76,14 +77,14 @@ def test_bad_frames_skipped_named_and_counted(monkeypatch, tmp_path, caplog):
     assert t.frame_index.tolist() == [0, 3]
     assert "depth/000001.png: truncated PNG" in caplog.text and "frame 2: pose" in caplog.text
     from pipeline.artifacts import Manifest
-    m = Manifest.read(tmp_path / "wd" / "capture")
+    m = Manifest.read(WorkDir(tmp_path / "wd").capture)
     assert m.summary["skipped_bad"] == 2 and m.summary["kept"] == 2
 
 
 def test_written_table_and_files(monkeypatch, tmp_path):
     frames = [_frame(i) for i in range(3)]
     t = _run(monkeypatch, tmp_path, frames, IngestConfig(blur_select=False))
-    schema = pq.read_schema(tmp_path / "wd" / "capture" / "frames.parquet")
+    schema = pq.read_schema(WorkDir(tmp_path / "wd").frames_parquet)
     assert schema.remove_metadata().equals(FRAMES_SCHEMA)
     np.testing.assert_allclose(t.K_rgb[1], K)
     np.testing.assert_allclose(t.camera_to_world[2][:3, 3], [0.2, 0, 0])
@@ -98,7 +99,7 @@ def test_all_frames_bad_is_an_error(monkeypatch, tmp_path):
     frames = [_frame(i, bad_depth=True) for i in range(3)]
     with pytest.raises(PromptmeshError, match="no usable frames"):
         _run(monkeypatch, tmp_path, frames, IngestConfig())
-    assert not (tmp_path / "wd" / "capture" / "frames.parquet").exists()
+    assert not WorkDir(tmp_path / "wd").frames_parquet.exists()
 
 
 def test_depth_m_to_mm():
@@ -124,7 +125,7 @@ def test_interrupted_ingest_resumes_without_rewriting_finished_frames(monkeypatc
     (tmp_path / "cap").mkdir()
     with pytest.raises(KeyboardInterrupt):
         ingest.run(cfg, tmp_path / "cap", tmp_path / "wd")
-    out = tmp_path / "wd" / "capture"
+    out = WorkDir(tmp_path / "wd").capture
     done = sorted(p.name for p in (out / "rgb").glob("*.jpg"))
     assert done == [f"{i:06d}.jpg" for i in range(7)]  # every frame handed to the writers was finished
     assert ingest.Manifest.read(out) is None and not (out / "frames.parquet").exists()
@@ -137,7 +138,7 @@ def test_interrupted_ingest_resumes_without_rewriting_finished_frames(monkeypatc
                         lambda cand, *a: written.append(cand.frame.frame_index) or write_files(cand, *a))
     monkeypatch.setattr(ingest, "open_capture", lambda p: _source(frames))
     ingest.run(cfg, tmp_path / "cap", tmp_path / "wd")
-    table = CaptureTable.load(out)
+    table = CaptureTable.load(tmp_path / "wd")
     assert sorted(written) == [3, *range(7, 12)]
     assert {n: (out / "rgb" / n).stat().st_mtime_ns for n in kept_mtime} == kept_mtime
     assert ingest.Manifest.read(out).summary["reused"] == 6

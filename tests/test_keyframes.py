@@ -125,7 +125,7 @@ def test_ingest_writes_keyframes_only_and_says_why(monkeypatch, tmp_path, blur_s
     (tmp_path / "cap").mkdir()
     ingest.run(IngestConfig(blur_select=blur_select), tmp_path / "cap", tmp_path / "wd")
     capture = tmp_path / "wd" / "capture"
-    table = CaptureTable.load(capture)
+    table = CaptureTable.load(tmp_path / "wd")
     kept = table.frame_index.tolist()
     assert len(kept) == 2 and kept[0] < 10 <= kept[1]
     assert sorted(p.name for p in (capture / "rgb").glob("*.jpg")) == [f"{i:06d}.jpg" for i in kept]
@@ -146,4 +146,4 @@ def test_all_frames_keeps_every_frame(monkeypatch, tmp_path):
     monkeypatch.setattr(ingest, "open_capture", lambda p: _source([_pose()] * 6, loaded))
     (tmp_path / "cap").mkdir()
     ingest.run(IngestConfig(all_frames=True, blur_select=False), tmp_path / "cap", tmp_path / "wd")
-    assert CaptureTable.load(tmp_path / "wd" / "capture").frame_index.tolist() == list(range(6))
+    assert CaptureTable.load(tmp_path / "wd").frame_index.tolist() == list(range(6))

@@ -1,7 +1,7 @@
 """PromptDA: parity with the official model, strict checkpoint loading, predictor behaviour.
 
-Reference material (goldens, key manifests, deterministic weight fill) lives in
-shared/promptda next to the repository; tests needing it skip when it is absent.
+Reference material (goldens of the official code, key manifests, the deterministic weight fill and the
+official checker) lives in tests/data/promptda (provenance: tests/data/README.md).
 """
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ from pipeline.depth.promptda_io import (
 )
 from pipeline.errors import PromptmeshError
 
+from conftest import PROMPTDA_DATA as REFERENCE, SAMPLES
+
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (REPO / ".." / "shared" / "promptda").resolve()
-SAMPLE = SHARED.parent / "samples" / "promptda_example"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"PromptDA reference folder {SHARED} not present")
+SAMPLE = SAMPLES / "promptda_example"
 
 
 def _fill_module():
-    spec = importlib.util.spec_from_file_location("promptda_fill", SHARED / "fill.py")
+    spec = importlib.util.spec_from_file_location("promptda_fill", REFERENCE / "fill.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -43,14 +43,12 @@ def _fill_module():
 
 def filled_state(variant: str, seed: int = 0, mode: str = "fanin") -> dict:
     """The deterministic goldens' weights as a torch state_dict."""
-    entries = json.loads((SHARED / f"keys_{variant}.json").read_text())
+    entries = json.loads((REFERENCE / f"keys_{variant}.json").read_text())
     return {k: torch.from_numpy(v) for k, v in _fill_module().fill_state_dict(entries, seed, mode).items()}
 
 
 @pytest.fixture(scope="module")
 def vits_state():
-    if not SHARED.is_dir():
-        pytest.skip(f"PromptDA reference folder {SHARED} not present")
     return filled_state("vits")
 
 
@@ -81,19 +79,17 @@ def save_official_ckpt(state: dict, path: Path, prefix: str = "promptda.") -> Pa
 # --------------------------------------------------------------------------- parity
 
 
-@needs_shared
 def test_parity_goldens_a_to_d():
     """The official checker passes on goldens a-d (rel tol 1e-4 of the output range)."""
-    proc = subprocess.run([sys.executable, str(SHARED / "check_parity.py"), "pipeline.depth.promptda:build_model"],
+    proc = subprocess.run([sys.executable, str(REFERENCE / "check_parity.py"), "pipeline.depth.promptda:build_model"],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4/4 passed" in proc.stdout, proc.stdout
 
 
-@needs_shared
 def test_parity_intermediates_case_e(vits):
     """Position embedding, encoder taps, fusion outputs and sigmoid match the official intermediates."""
-    z = np.load(SHARED / "golden_e_vits_intermediates.npz")
+    z = np.load(REFERENCE / "golden_e_vits_intermediates.npz")
     image, prompt = torch.from_numpy(z["image"]), torch.from_numpy(z["prompt"])
     ph, pw = image.shape[-2] // 14, image.shape[-1] // 14
     got = {}
@@ -118,20 +114,18 @@ def test_parity_intermediates_case_e(vits):
 # --------------------------------------------------------------------------- architecture and loading
 
 
-@needs_shared
 def test_vitb_state_dict_matches_manifest():
     """vitb has no official checkpoint, but its keys, order and shapes follow the manifest."""
-    entries = json.loads((SHARED / "keys_vitb.json").read_text())
+    entries = json.loads((REFERENCE / "keys_vitb.json").read_text())
     model = build_model("vitb")
     assert [[k, list(v.shape), "float32"] for k, v in model.state_dict().items()] == entries
     assert sum(p.numel() for p in model.parameters()) == 98_656_577
 
 
-@needs_shared
 def test_checkpoint_round_trip(vits, vits_state, tmp_path):
     """An official-layout checkpoint loads strictly (file or folder) and reproduces the model."""
     ckpt = save_official_ckpt(vits_state, tmp_path / "model.ckpt")
-    z = np.load(SHARED / "golden_a_vits.npz")
+    z = np.load(REFERENCE / "golden_a_vits.npz")
     image, prompt = torch.from_numpy(z["image"]), torch.from_numpy(z["prompt"])
     with torch.inference_mode():
         expected = vits(image, prompt)
@@ -143,7 +137,6 @@ def test_checkpoint_round_trip(vits, vits_state, tmp_path):
     assert weights_sha256(ckpt) == hashlib.sha256(ckpt.read_bytes()).hexdigest()
 
 
-@needs_shared
 @pytest.mark.parametrize("change, message", [("drop", "1 missing keys"), ("extra", "1 unexpected"),
                                              ("prefix", "inconsistent key prefixes"), ("variant", "another variant")])
 def test_checkpoint_mismatch_is_a_clear_error(vits_state, tmp_path, change, message):
@@ -162,7 +155,6 @@ def test_checkpoint_mismatch_is_a_clear_error(vits_state, tmp_path, change, mess
     assert str(ckpt) in str(info.value)
 
 
-@needs_shared
 def test_weights_from_hf_cache(vits_state, empty_hf_cache):
     """A repo id (default or given) resolves offline through the Hugging Face cache layout."""
     repo_dir = empty_hf_cache / "models--depth-anything--prompt-depth-anything-vits"
@@ -260,11 +252,10 @@ def test_hole_filling_keeps_output_in_the_measured_range(vits):
     assert valid_min <= out_filled.min() and out_filled.max() <= valid_max
 
 
-@pytest.mark.skipif(not SAMPLE.is_dir() or not SHARED.is_dir(), reason="official example not present")
 def test_rgb_preprocessing_matches_official_loader():
     """Our resize of the 1920x1440 example equals the official load_image input of golden d."""
     rgb = cv2.cvtColor(cv2.imread(str(SAMPLE / "image.jpg")), cv2.COLOR_BGR2RGB)
     image = PromptDAPredictor(build_model("vits"), "cpu")._preprocess_rgb(rgb)
-    ref = np.load(SHARED / "golden_d_vits_example.npz")["image"][0].transpose(1, 2, 0)
+    ref = np.load(REFERENCE / "golden_d_vits_example.npz")["image"][0].transpose(1, 2, 0)
     assert image.shape == ref.shape == (756, 1008, 3)
     np.testing.assert_allclose(image, ref, atol=1e-6)

@@ -28,6 +28,7 @@ from pipeline.artifacts import WorkdirLock, remove_temporaries
 from pipeline.capture import CaptureTable
 from pipeline.config import FuseConfig
 from pipeline.errors import PromptmeshError
+from pipeline.workdir import WorkDir
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "depth", "fuse", "mesh", "eval")
@@ -118,7 +119,7 @@ def reference(capture, tmp_path_factory) -> tuple[dict[str, object], dict[str, f
     workdir = tmp_path_factory.mktemp("reference") / "w"
     done = subprocess.run(run_cmd(capture, workdir), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return snapshot(workdir), json.loads((workdir / "timings.json").read_text())["seconds"]
+    return snapshot(workdir), json.loads(WorkDir(workdir).timings_json.read_text())["seconds"]
 
 
 # --------------------------------------------------------------------------- kill and resume
@@ -165,13 +166,13 @@ def test_second_concurrent_run_is_refused_with_one_line(capture, tmp_path):
                            f"pid {first.pid} since ")
     assert line.endswith(") is using this work directory; wait for it to finish or use another -o WORKDIR")
     first.communicate(timeout=300)
-    assert first.returncode == 0 and (workdir / "eval.json").exists()
+    assert first.returncode == 0 and WorkDir(workdir).eval_json.exists()
     assert not (workdir / ".lock").exists()
 
 
 def test_taking_the_lock_sweeps_temporaries_of_killed_writers(tmp_path):
-    left = [tmp_path / "fuse" / ".tsdf.4242.tmp.npz", tmp_path / "depth" / "lidar" / ".000003.png.k2j4x9_a.tmp"]
-    kept = [tmp_path / "depth" / "lidar" / ".fingerprint.json", tmp_path / "notes.tmp.txt", tmp_path / "a.tmp",
+    left = [WorkDir(tmp_path).fuse / ".tsdf.4242.tmp.npz", WorkDir(tmp_path).depth("lidar") / ".000003.png.k2j4x9_a.tmp"]
+    kept = [WorkDir(tmp_path).depth("lidar") / ".fingerprint.json", tmp_path / "notes.tmp.txt", tmp_path / "a.tmp",
             tmp_path / ".draft.tmp"]
     for p in left + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -233,8 +234,8 @@ def _fused_grid(cfg: FuseConfig):
 def test_saved_volume_reloads_the_same_geometry(tmp_path):
     cfg = FuseConfig(voxel_size_m=0.02)
     grid = _fused_grid(cfg)
-    fuse.save_volume(grid, cfg, fuse.tsdf_path(tmp_path))
-    with np.load(fuse.tsdf_path(tmp_path)) as z:
+    fuse.save_volume(grid, cfg, WorkDir(tmp_path).tsdf)
+    with np.load(WorkDir(tmp_path).tsdf) as z:
         keys = z["block_keys"]
         assert z["tsdf"].dtype == np.float32 and z["weight"].dtype == np.uint16 and z["color"].dtype == np.uint8
         assert set(np.unique(z["weight"])) <= {0, 1, 2}
@@ -250,7 +251,7 @@ def test_saved_volume_reloads_the_same_geometry(tmp_path):
 
 
 def test_unreadable_volume_names_the_file_and_the_fix(tmp_path):
-    path = fuse.tsdf_path(tmp_path)
+    path = WorkDir(tmp_path).tsdf
     path.parent.mkdir(parents=True)
     path.write_bytes(b"PK\x03\x04 cut")
     with pytest.raises(PromptmeshError, match=r"tsdf.npz: unreadable TSDF volume .*promptmesh fuse WORKDIR --force"):
@@ -263,7 +264,7 @@ def test_block_estimate_does_not_depend_on_when_keys_are_reduced(capture, tmp_pa
     from pipeline.config import IngestConfig
 
     ingest.run(IngestConfig(), capture["capture"], tmp_path)
-    table = CaptureTable.load(tmp_path / "capture")
+    table = CaptureTable.load(tmp_path)
     cfg = FuseConfig(voxel_size_m=0.04)
     once = fuse.estimate_block_count(table, cfg)
     monkeypatch.setattr(fuse, "ESTIMATE_FLUSH_KEYS", 100)  # reduce to distinct keys after almost every frame

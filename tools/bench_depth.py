@@ -12,7 +12,7 @@ resize to the output): the median over --repeats runs after one warm-up run. Pro
 size floored to multiples of 14 (`promptda_io.network_size`), with fp16 autocast on CUDA and fp32 on the CPU;
 `lidar` and `guided` are NumPy/OpenCV and always run on the CPU.
 
-PromptDA runs with the deterministic weights of shared/promptda/fill.py (there is no need for a real
+PromptDA runs with the deterministic weights of tests/data/promptda/fill.py (there is no need for a real
 checkpoint): the same dense operations run whatever the weight values, so its speed and memory are those
 of the official checkpoints of the same variant.
 
@@ -56,8 +56,8 @@ from pipeline.errors import PromptmeshError
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
-FILL_DIR = REPO.parent / "shared" / "promptda"
-"""shared/promptda beside the repository: fill.py and keys_<variant>.json."""
+FILL_DIR = REPO / "tests" / "data" / "promptda"
+"""The PromptDA reference material: fill.py (deterministic weights) and keys_<variant>.json."""
 DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Depth models"
 MODELS = ("lidar", "guided", "promptda-vits", "promptda-vitl")
@@ -130,7 +130,7 @@ def filled_promptda(name: str, fill_dir: Path = FILL_DIR, seed: int = 0):
     fill_py, keys = Path(fill_dir) / "fill.py", Path(fill_dir) / f"keys_{variant}.json"
     if not fill_py.is_file() or not keys.is_file():
         raise PromptmeshError(f"{fill_dir}: no fill.py or keys_{variant}.json; pass --fill-dir pointing at "
-                              "the shared/promptda reference folder")
+                              "tests/data/promptda")
     spec = importlib.util.spec_from_file_location("promptda_fill", fill_py)
     fill = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fill)
@@ -410,7 +410,7 @@ def depth_section(rows: Sequence[dict], info: dict, load_end: Sequence[float], r
         "256x192), RGB resized to the size, LiDAR kept 256 px wide; a row times one frame through the "
         "model's `predict()` as the depth stage calls it (pre-processing, model, resize to the output size), "
         "median of the timed runs after one warm-up run. PromptDA runs with the deterministic weights of "
-        "`shared/promptda/fill.py` (no real checkpoint is needed): the same dense operations run whatever the "
+        "`tests/data/promptda/fill.py` (no real checkpoint is needed): the same dense operations run whatever the "
         "weight values, so speed and memory are those of the official checkpoint of that variant; its network "
         "input is the size floored to multiples of 14. Peak RSS is the row's own process (Python, libraries, "
         "weights, frame and the runs); peak CUDA is `torch.cuda.max_memory_allocated` (weights included); load is "

@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, load_average, machine_line, median,  # noqa: E402
                           write_table, setup_logging, synthetic_capture)
+from pipeline.workdir import WorkDir
 
 log = logging.getLogger("bench")
 
@@ -57,9 +58,9 @@ def prepare_workdir(capture: Path, workdir: Path, stride: int) -> None:
     from pipeline.depth.classical import resize_lidar
 
     ingest.run(IngestConfig(stride=stride, blur_select=False), capture, workdir)
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(workdir)
     for w, h in DEPTH_SIZES:
-        out = workdir / "depth" / f"bench-{w}x{h}"
+        out = WorkDir(workdir).depth(f"bench-{w}x{h}")
         if Manifest.read(out) is not None:
             continue
         log.info("writing %d depth maps at %dx%d", len(table), w, h)
@@ -99,10 +100,10 @@ def stage_read_ms(workdir: Path, depth_model: str, voxel_size_m: float) -> float
     from pipeline.capture import CaptureTable
     from pipeline.config import FuseConfig
 
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(workdir)
     t = time.perf_counter()
     for i in range(len(table)):
-        fuse.prepare_frame(table, i, workdir / "depth" / depth_model, FuseConfig(voxel_size_m=voxel_size_m))
+        fuse.prepare_frame(table, i, WorkDir(workdir).depth(depth_model), FuseConfig(voxel_size_m=voxel_size_m))
     return 1000 * (time.perf_counter() - t) / len(table)
 
 
@@ -117,13 +118,13 @@ def naive_loop(workdir: Path, depth_model: str, voxel_size_m: float) -> dict:
     cfg = FuseConfig(voxel_size_m=voxel_size_m)
     device = o3d.core.Device("CPU:0")
     t0 = time.perf_counter()
-    table = CaptureTable.load(workdir / "capture")
+    table = CaptureTable.load(workdir)
     grid = fuse.new_grid(cfg, NAIVE_BLOCK_COUNT, device)
     world_to_camera = np.linalg.inv(table.camera_to_world)
     read_s = integrate_s = 0.0
     for i in range(len(table)):
         t = time.perf_counter()
-        frame = naive_read(table, i, workdir / "depth" / depth_model, cfg)
+        frame = naive_read(table, i, WorkDir(workdir).depth(depth_model), cfg)
         t_read = time.perf_counter()
         fuse.integrate_frame(grid, frame, world_to_camera[i], cfg, device)
         read_s += t_read - t
@@ -139,8 +140,8 @@ def stage(workdir: Path, depth_model: str, voxel_size_m: float) -> dict:
     from pipeline.config import FuseConfig
 
     out = workdir / "out" / f"{depth_model}-{voxel_size_m:g}"
-    fuse.run(FuseConfig(voxel_size_m=voxel_size_m), workdir, depth_model, out_dir=out, force=True)
-    s = Manifest.read(fuse.fuse_dir(out)).summary
+    fuse.run(FuseConfig(voxel_size_m=voxel_size_m), WorkDir(workdir, out), depth_model, force=True)
+    s = Manifest.read(WorkDir(workdir, out).fuse).summary
     return {"seconds": s["seconds_presize"] + s["seconds_integrate"], "save": s["seconds_save"],
             "blocks": s["blocks"], "frames": s["frames"]}
 

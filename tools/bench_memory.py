@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, check, load_average, machine_line, promptmesh_cmd,  # noqa: E402
                           write_table, run_measured, setup_logging, synthetic_capture)
+from pipeline.workdir import WorkDir
 
 log = logging.getLogger("bench")
 
@@ -47,7 +48,7 @@ def measure(capture: Path, workdir: Path) -> dict[str, dict]:
                         ("mesh", ["mesh", str(workdir)])):
         m = check(run_measured(promptmesh_cmd("-q", *args)), f"promptmesh {stage}")
         out[stage] = {"rss": m.peak_rss_bytes, "wall_s": m.wall_s}
-    fuse = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
+    fuse = json.loads((WorkDir(workdir).fuse / "manifest.json").read_text())["summary"]
     out["fuse"]["grid_bytes"] = fuse["blocks_presized"] * 8 ** 3 * VOXEL_BYTES
     out["fuse"]["blocks"] = fuse["blocks"]
     return out

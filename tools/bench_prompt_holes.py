@@ -5,13 +5,13 @@
     python tools/bench_prompt_holes.py --frames 3 --out -  # print only
 
 The official model normalises the prompt by its min and max over all pixels, zeros included, and maps its
-sigmoid output back onto that range, so its output lies in [min(prompt), max(prompt)] (shared/promptda/SPEC.md
+sigmoid output back onto that range, so its output lies in [min(prompt), max(prompt)] (tests/data/promptda/SPEC.md
 §1, §6). A LiDAR map with holes (0 = no return: glass, dark surfaces, far range) therefore lets the output go
 down to 0 m; `promptda_io.fill_prompt_holes` (nearest valid pixel, on by default in promptmesh) keeps it in
 the range the LiDAR measured.
 
 On the hard synthetic capture (`make_synthetic_capture.make_capture`, 640x480, read back with the Stray
-reader) PromptDA ViT-S runs with the deterministic, untrained weights of shared/promptda/fill.py, once with
+reader) PromptDA ViT-S runs with the deterministic, untrained weights of tests/data/promptda/fill.py, once with
 the raw prompt and once with the filled one, at the pipeline's default network size (long side 1008) with
 output at the RGB size. Per frame: share of zero LiDAR pixels, prompt min/max, output range, share of output
 pixels below the smallest valid LiDAR depth (depths the LiDAR rules out), and L1 against the GT depth.
@@ -121,14 +121,14 @@ def holes_section(rows: Sequence[dict], info: dict, long_side_px: int) -> str:
     return (
         "LiDAR pixels without a return are 0. The official model normalises the prompt by its min/max over all "
         "pixels, zeros included, and maps its sigmoid output back onto that range, so the output always lies in "
-        "[min(prompt), max(prompt)] (shared/promptda/SPEC.md §1, §6): one hole makes the minimum 0 m and lets the "
+        "[min(prompt), max(prompt)] (tests/data/promptda/SPEC.md §1, §6): one hole makes the minimum 0 m and lets the "
         "output go down to 0 m, below anything the LiDAR measured. promptmesh fills holes from the nearest valid "
         "pixel first (`promptda_io.fill_prompt_holes`, `fill_prompt_holes = true` by default).\n\n"
         f"Measured with `python tools/bench_prompt_holes.py` ({info['date']}, torch {info['torch']}, "
         f"{info['cpu']}): {len(rows)} frames of the hard synthetic room (640x480, LiDAR 256x192 with no return on "
         "the glass pane, dark surfaces and beyond ~5 m), PromptDA ViT-S at network long side "
         f"{long_side_px} px, output at 640x480, with the raw and with the filled prompt. **The weights are the "
-        "deterministic, untrained ones of `shared/promptda/fill.py`** (no real checkpoint exists here): depth "
+        "deterministic, untrained ones of `tests/data/promptda/fill.py`** (no real checkpoint exists here): depth "
         "values inside the range are meaningless, and the L1 columns only show how far the stretched range moves "
         "an arbitrary output, not PromptDA's accuracy. The range columns are structural and hold for any "
         "weights.\n\n"

@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, check, load_average, machine_line, median,  # noqa: E402
                           promptmesh_cmd, write_table, run_measured, setup_logging, synthetic_capture)
+from pipeline.workdir import WorkDir
 
 log = logging.getLogger("bench")
 
@@ -84,10 +85,10 @@ def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool
         shutil.rmtree(workdir)
     m = check(run_measured(promptmesh_cmd("-q", "run", str(capture), "-o", str(workdir), "--depth-model", "lidar",
                                           *extra), cwd=checkout), f"promptmesh run {' '.join(extra)}")
-    timings = json.loads((workdir / "timings.json").read_text())["seconds"]
-    ingest_summary = json.loads((workdir / "capture" / "manifest.json").read_text())["summary"]
-    fuse_summary = json.loads((workdir / "fuse" / "manifest.json").read_text())["summary"]
-    mesh_summary = json.loads((workdir / "mesh" / "manifest.json").read_text())["summary"]
+    timings = json.loads(WorkDir(workdir).timings_json.read_text())["seconds"]
+    ingest_summary = json.loads((WorkDir(workdir).capture / "manifest.json").read_text())["summary"]
+    fuse_summary = json.loads((WorkDir(workdir).fuse / "manifest.json").read_text())["summary"]
+    mesh_summary = json.loads((WorkDir(workdir).mesh_stage / "manifest.json").read_text())["summary"]
     return {"wall_s": m.wall_s, "cpu_s": m.cpu_s, "rss": m.peak_rss_bytes, **{s: timings.get(s, 0.0) for s in STAGES},
             "integrate": fuse_summary["seconds_integrate"], "save": fuse_summary["seconds_save"],
             "triangles": mesh_summary["triangles"], "frames": ingest_summary["kept"],
@@ -96,15 +97,15 @@ def _run_variant(capture: Path, workdir: Path, extra: Sequence[str], fresh: bool
 
 def culled_fscores(meshes: dict[str, Path], gt_mesh: Path, cameras_workdir: Path) -> dict[str, float]:
     """Culled F@5cm (default EvalConfig) of each mesh against `gt_mesh`, culled with the cameras of
-    `cameras_workdir`'s capture (the same for every mesh)."""
+    `cameras_workdir`'s capture at the capture's poses (the same for every mesh)."""
     from pipeline.capture import CaptureTable
     from pipeline.config import EvalConfig
     from pipeline.evaluate import load_mesh, score_meshes
 
-    table = CaptureTable.load(cameras_workdir / "capture")
+    table = CaptureTable.load(cameras_workdir)
     gt_v, gt_t = load_mesh(gt_mesh, "ground-truth mesh")
-    return {name: score_meshes(*load_mesh(path, "mesh"), gt_v, gt_t, table, EvalConfig(), gt_mesh).culled["fscore"]
-            for name, path in meshes.items()}
+    return {name: score_meshes(*load_mesh(path, "mesh"), gt_v, gt_t, table, table.camera_to_world, EvalConfig(),
+                               gt_mesh).culled["fscore"] for name, path in meshes.items()}
 
 
 def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -> dict[str, list[dict]]:

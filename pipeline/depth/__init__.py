@@ -46,6 +46,7 @@ from ..geometry import output_size
 from ..ingest import depth_m_to_mm
 from ..images import read_depth_m, read_image
 from ..streams import prefetch
+from ..workdir import WorkDir, WorkDirLike
 from .classical import GuidedUpsampler, LidarResize, coverage
 
 log = logging.getLogger(__name__)
@@ -219,14 +220,13 @@ def _batches(frames: Iterator[_Frame], size: int) -> Iterator[list[_Frame]]:
         yield batch
 
 
-def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
+def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
     """Estimate depth for every frame of WORKDIR/capture into WORKDIR/depth/<model>/; returns that folder."""
-    workdir = Path(workdir)
+    wd = WorkDir(workdir)
     name = resolve_model_name(cfg)
-    capture_dir = workdir / "capture"
-    upstream = upstream_fingerprint(capture_dir, "ingest")
-    stage_dir = workdir / "depth" / name
-    model = MODELS[name](cfg, workdir / "depth")
+    upstream = upstream_fingerprint(wd.capture, "ingest")
+    stage_dir = wd.depth(name)
+    model = MODELS[name](cfg, wd.depth_root)
     settings = {"model": name, "long_side_px": cfg.long_side_px, **model.settings}
     stamp = fingerprint(STAGE, settings, [upstream])
     done = is_current(stage_dir, stamp)
@@ -234,7 +234,7 @@ def run(cfg: DepthConfig, workdir: Path, force: bool = False) -> Path:
         log.info("depth: up to date (%s, %d frames)", stage_dir, len(done.outputs))
         return stage_dir
 
-    table = CaptureTable.load(capture_dir)
+    table = CaptureTable.load(wd)
     W, H = table.rgb_size
     out_w, out_h = output_size(W, H, cfg.long_side_px)
     resumed = start_or_resume(stage_dir, stamp, settings, force)

@@ -8,7 +8,7 @@ prompt's [min, max] range, so the prediction is always inside the prompt's range
     depth_m = model(image, prompt_depth_m)               # (B,3,H,W) [0,1], (B,1,h,w) m -> (B,1,H,W) m
 
 The state_dict matches the official checkpoints key for key (strict load after stripping
-their key prefix); `shared/promptda/check_parity.py` checks the outputs against goldens.
+their key prefix); `tests/data/promptda/check_parity.py` checks the outputs against goldens.
 
 CPU users should expect ~3 s per frame at 756x1008 with ViT-S on 2 cores (fp32, SDPA;
 measured on an idle 2-core AMD EPYC: 2.8-3.2 s, vs ~10 s for the official code's
@@ -16,7 +16,7 @@ explicit-softmax attention; about half of it is attention).
 
 References:
     Lin et al., "Prompting Depth Anything for 4K Resolution Accurate Metric Depth
-    Estimation", CVPR 2025 (arXiv 2412.14015). Written from shared/promptda/SPEC.md.
+    Estimation", CVPR 2025 (arXiv 2412.14015). Written from tests/data/promptda/SPEC.md.
     Oquab et al., "DINOv2", 2023. Ranftl et al., "Vision Transformers for Dense
     Prediction" (DPT), ICCV 2021.
 """

@@ -9,7 +9,7 @@ directly or as the export's parent folder):
   SourceFrames (the others are depth-only and not counted as listed frames).
 - `depth_NNNNN.png`: uint16 millimetres, 256x192, 0 = no return. `conf_NNNNN.png`: uint8 confidence 0/1/2.
 
-The pose convention was checked on a real export (shared/samples/3dscannerapp_corridor, PROVENANCE.md):
+The pose convention was checked on a real export (tests/data/samples/3dscannerapp_corridor, PROVENANCE.md):
 reprojecting one frame's depth into another agrees to ~3 cm with ARKit camera axes. Poses are converted to
 OpenCV camera axes here (`arkit_to_opencv`), K is used as stored.
 """
