@@ -114,14 +114,12 @@ def summary_line(counts: dict, capture_folder: Optional[Path] = None) -> str:
     summary; with `capture_folder`, where the skipped frames are named."""
     bad = counts.get("skipped_bad", 0)
     because = counts.get("kept_because") or {}
-    kept = f"{counts.get('kept', '?')} of {counts.get('listed', '?')} frames used"
-    if because:
-        kept += " as keyframes (" + ", ".join(f"{n} {why}" for why, n in because.items()) + ")"
-    not_kept = [f"{counts.get('redundant', 0)} seeing nothing new", f"{counts.get('blurrier_neighbour', 0)} "
-                "blurrier than a neighbour"] if because else []
-    not_kept += [f"{bad} bad frames skipped", f"{counts.get('dropped_blurry', 0)} dropped as blurry",
-                 f"{counts.get('not_selected', 0)} not selected by stride/limit"]
-    return (f"{kept}; not used: {', '.join(not_kept)}"
+    keyframes_part = (f", {counts.get('redundant', 0)} seeing nothing the keyframes don't, "
+                      f"{counts.get('blurrier_neighbour', 0)} blurrier than a kept neighbour" if because else "")
+    return (f"{counts.get('kept', '?')} of {counts.get('listed', '?')} frames used ({bad} bad frames skipped, "
+            f"{counts.get('dropped_blurry', 0)} dropped as blurry{keyframes_part}, {counts.get('not_selected', 0)} "
+            "not selected by stride/limit" + ("; keyframes: " + ", ".join(f"{n} {why}" for why, n in because.items())
+                                             if because else "") + ")"
             + (f"; the bad ones are named in the warnings and {capture_folder / 'manifest.json'}"
                if bad and capture_folder is not None else ""))
 

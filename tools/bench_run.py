@@ -129,10 +129,9 @@ def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path]) -
                                                   checkout=before if name.startswith("before") else None))
                 if name == "run_default":
                     results["warm"].append(_run_variant(capture, work / name, variants[name], fresh=False))
-            if r == 0 and (capture / "gt_mesh.ply").is_file():
-                meshes = {"naive": work / "naive.ply", **{n: work / n / "mesh.ply" for n in variants if n != "naive"}}
-                results.setdefault("fscore", []).append(culled_fscores(meshes, capture / "gt_mesh.ply",
-                                                                       work / "run_all"))
+        if r == 0 and (capture / "gt_mesh.ply").is_file():
+            meshes = {"naive": work / "naive.ply", **{n: work / n / "mesh.ply" for n in variants if n != "naive"}}
+            results["fscore"] = [culled_fscores(meshes, capture / "gt_mesh.ply", work / "run_all")]
     return results
 
 
