@@ -25,7 +25,7 @@ from pipeline.config import ExportConfig
 from pipeline.errors import PromptmeshError
 from pipeline.export.nerfstudio import depth_at_image_size, nerfstudio_intrinsics
 from pipeline.geometry import scale_intrinsics
-from pipeline.ingest import depth_m_to_mm
+from pipeline.images import depth_m_to_mm
 from pipeline.mesh import MeshArrays, write_ply
 from pipeline.poses import write_poses
 from pipeline.workdir import WorkDir
