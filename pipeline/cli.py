@@ -93,6 +93,12 @@ def opt_voxel(f):
                         help="TSDF voxel edge in metres. [default: 0.01]")(f)
 
 
+def opt_refine(f):
+    return click.option("--no-refine-poses", is_flag=True, default=False,
+                        help="Fuse with the capture's poses as they are: no correction of ARKit's drift (fuse "
+                             "refine_poses = false). [default: refine]")(f)
+
+
 def opt_format(f):
     return click.option("--format", "formats", multiple=True, type=click.Choice(["ply", "obj", "glb"]),
                         help="Mesh export format(s), repeatable: mesh.ply / mesh.obj / mesh.glb with vertex "
@@ -106,12 +112,13 @@ def opt_force(f):
 
 def _build_config(config_path: Optional[Path], stride=None, max_frames=None, no_blur_select=False,
                   depth_model=None, weights=None, device=None, long_side_px=None, voxel_size_m=None,
-                  formats=()) -> PipelineConfig:
+                  formats=(), no_refine_poses=False) -> PipelineConfig:
     cfg = load_config(config_path)
     cfg = override(cfg, "ingest", stride=stride, max_frames=max_frames,
                    blur_select=False if no_blur_select else None)
     cfg = override(cfg, "depth", model=depth_model, weights=weights, device=device, long_side_px=long_side_px)
-    cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device)
+    cfg = override(cfg, "fuse", voxel_size_m=voxel_size_m, device=device,
+                   refine_poses=False if no_refine_poses else None)
     cfg = override(cfg, "mesh", formats=tuple(formats) or None)
     return cfg
 
@@ -138,11 +145,12 @@ def cli(verbose: int, quiet: bool) -> None:
               help="Ground-truth mesh (metres, capture world frame): also evaluate and write eval.json.")
 @opt_frames
 @opt_voxel
+@opt_refine
 @opt_format
 @opt_force
 @_guard
 def run(capture, workdir, config_path, depth_model, weights, device, long_side_px, gt_mesh, stride, max_frames,
-        no_blur_select, voxel_size_m, formats, force):
+        no_blur_select, voxel_size_m, no_refine_poses, formats, force):
     """All stages on CAPTURE: ingest, depth, fuse, mesh (and eval with --gt-mesh).
 
     \b
@@ -153,7 +161,7 @@ def run(capture, workdir, config_path, depth_model, weights, device, long_side_p
     from . import runner
 
     cfg = _build_config(config_path, stride, max_frames, no_blur_select, depth_model, weights, device,
-                        long_side_px, voxel_size_m, formats)
+                        long_side_px, voxel_size_m, formats, no_refine_poses)
     result = runner.run(cfg, capture, workdir, gt_mesh=gt_mesh, force=force)
     click.echo(result.report())
 
@@ -210,16 +218,19 @@ def depth(workdir, config_path, depth_model, weights, device, long_side_px, forc
 @opt_config
 @click.option("--depth-model", type=click.Choice(MODEL_CHOICES), help="Which depth/<model>/ to fuse. [default: auto]")
 @opt_voxel
+@opt_refine
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="TSDF device. [default: auto]")
 @opt_force
 @_guard
-def fuse(workdir, config_path, depth_model, voxel_size_m, device, force):
-    """Integrate WORKDIR/depth/<model>/ into a TSDF volume (Open3D VoxelBlockGrid) in WORKDIR/fuse/."""
+def fuse(workdir, config_path, depth_model, voxel_size_m, no_refine_poses, device, force):
+    """Integrate WORKDIR/depth/<model>/ into a TSDF volume (Open3D VoxelBlockGrid) in WORKDIR/fuse/, with the
+    poses refined first (WORKDIR/fuse/poses.parquet: the pose each frame was fused with)."""
     from . import fuse as stage
     from .artifacts import WorkdirLock
     from .depth import resolve_model_name
 
-    cfg = _build_config(config_path, depth_model=depth_model, voxel_size_m=voxel_size_m, device=device)
+    cfg = _build_config(config_path, depth_model=depth_model, voxel_size_m=voxel_size_m, device=device,
+                        no_refine_poses=no_refine_poses)
     with WorkdirLock(workdir):
         path = stage.run(cfg.fuse, workdir, depth_model=resolve_model_name(cfg.depth), force=force)
     click.echo(f"tsdf: {path}")
@@ -247,7 +258,8 @@ def mesh(workdir, config_path, formats, force):
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--preset", required=True, type=click.Choice(["ar", "nerfstudio"]),
               help="ar = light textured mesh.glb, mesh.usdz, mesh.obj for AR / digital-twin tools; nerfstudio = "
-                   "transforms.json with images and depth.")
+                   "transforms.json (nerfstudio-data) with images/, metric depth/ and a point cloud, for NeRF and "
+                   "Gaussian splatting.")
 @opt_config
 @click.option("--target-triangles", type=click.IntRange(min=0),
               help="ar: decimate to at most this many triangles; 0 = keep all. [default: 300000]")
@@ -256,9 +268,12 @@ def mesh(workdir, config_path, formats, force):
 @click.option("--recenter/--no-recenter", default=None,
               help="ar: floor at y = 0 and the floor plan's centre at the origin (for AR placement) instead of "
                    "the capture's world coordinates. [default: no-recenter]")
+@click.option("--point-cloud-points", type=click.IntRange(min=0),
+              help="nerfstudio: mesh vertices written to sparse_pc.ply (splatfacto's initial Gaussians); 0 = none. "
+                   "[default: 200000]")
 @opt_force
 @_guard
-def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, force):
+def export(workdir, preset, config_path, target_triangles, texture_size_px, recenter, point_cloud_points, force):
     """Export the finished mesh of WORKDIR for other tools into WORKDIR/export/<preset>/.
 
     Never deletes mesh.ply or another preset's files; reruns only when the mesh or a setting changed.
@@ -273,7 +288,7 @@ def export(workdir, preset, config_path, target_triangles, texture_size_px, rece
 
     mesh_fingerprint(workdir)  # a missing mesh is reported before the lock creates WORKDIR
     cfg = override(load_config(config_path), "export", target_triangles=target_triangles,
-                   texture_size_px=texture_size_px, recenter=recenter)
+                   texture_size_px=texture_size_px, recenter=recenter, point_cloud_points=point_cloud_points)
     with WorkdirLock(workdir):
         paths = stage.run(cfg.export, workdir, preset, force=force)
     for p in paths:
@@ -408,10 +423,13 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
 @click.option("--serve", "serve_port", type=click.IntRange(0, 65535), is_flag=False, flag_value=8000, default=None,
               metavar="[PORT]", help="Then serve WORKDIR/view/ on http://127.0.0.1:PORT/ until Ctrl-C (browsers refuse "
                                      "to load the mesh from file:// URLs). [PORT default: 8000; 0 = any free port]")
+@click.option("--target-triangles", type=click.IntRange(min=0),
+              help="Decimate mesh.ply to about this many triangles for the page when there is no AR export "
+                   "(export/ar/mesh.glb); 0 = all. [default: 500000]")
 @opt_config
 @opt_force
 @_guard
-def view(workdir, serve_port, config_path, force):
+def view(workdir, serve_port, target_triangles, config_path, force):
     """Write WORKDIR/view/index.html: the mesh (the AR export's textured GLB when present, else a decimated copy
     of mesh.ply) with orbit controls and a measuring tool (metres), the eval scores, the compare report's figures
     and the capture's facts. Offline: everything it loads lies beside it.
@@ -423,7 +441,7 @@ def view(workdir, serve_port, config_path, force):
     from . import view as stage
     from .artifacts import WorkdirLock
 
-    cfg = _build_config(config_path)
+    cfg = override(load_config(config_path), "view", target_triangles=target_triangles)
     with WorkdirLock(workdir):
         index = stage.run(cfg.view, workdir, force=force)
     click.echo(f"view: {index}")

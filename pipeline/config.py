@@ -74,6 +74,17 @@ class FuseConfig:
     """auto = CUDA when Open3D has it, else CPU."""
     block_resolution: int = 8
     """Voxels per block edge in Open3D's VoxelBlockGrid."""
+    refine_poses: bool = True
+    """Correct ARKit's slow pose drift before fusing (a keyframe pose graph: ARKit's relative motion plus ICP
+    alignments of LiDAR point clouds between frames that see the same surfaces again; pipeline/refine.py)."""
+    refine_voxel_m: float = 0.03
+    """LiDAR point clouds are downsampled to this voxel edge for alignment (and twice it for the coarse level),
+    metres."""
+    refine_max_correction_m: float = 0.3
+    """Largest plausible correction of a camera centre, metres: an alignment or a refined pose moving further
+    is treated as diverged (the pose keeps ARKit's, with a warning)."""
+    refine_max_correction_deg: float = 5.0
+    """Largest plausible correction of a camera orientation, degrees (as refine_max_correction_m)."""
 
 
 @dataclass(frozen=True)
@@ -209,6 +220,9 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.fuse.sdf_trunc_voxels >= 1, "fuse.sdf_trunc_voxels must be >= 1"),
         (0 <= cfg.fuse.depth_min_m < cfg.fuse.depth_max_m, "need 0 <= fuse.depth_min_m < fuse.depth_max_m"),
         (cfg.fuse.min_confidence in (0, 1, 2), "fuse.min_confidence must be 0, 1 or 2"),
+        (0 < cfg.fuse.refine_voxel_m <= 0.5, "fuse.refine_voxel_m must be in (0, 0.5] metres"),
+        (cfg.fuse.refine_max_correction_m > 0 and cfg.fuse.refine_max_correction_deg > 0,
+         "fuse.refine_max_correction_m and fuse.refine_max_correction_deg must be > 0"),
         (all(f in ("ply", "obj", "glb") for f in cfg.mesh.formats) and cfg.mesh.formats,
          "mesh.formats must list some of ply, obj, glb"),
         (cfg.eval.threshold_m > 0 and cfg.eval.downsample_m > 0, "eval thresholds must be > 0"),

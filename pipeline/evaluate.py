@@ -7,7 +7,7 @@ precision / recall / F-score at `threshold_m` are measured between the two point
 
 - `unculled`: all points.
 - `culled`: only what the capture could have seen. A GT point is kept when some camera (every
-  `cull_stride`-th frame) sees it: it projects inside the image, in front of the camera, and its depth is
+  `cull_stride`-th frame, at the pose it was fused with: fuse/poses.parquet, after pose refinement) sees it: it projects inside the image, in front of the camera, and its depth is
   within `cull_tolerance_m` of the GT mesh's depth rendered from that camera (so hidden GT surface is
   dropped). A predicted point is kept when some camera has it inside the image and not behind the GT
   surface (depth <= rendered GT depth + tolerance, or no GT surface on that pixel). This is the
@@ -42,10 +42,11 @@ from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, i
 from .capture import CaptureTable
 from .config import EvalConfig
 from .errors import PromptmeshError
-from .geometry import output_size, scale_intrinsics
+from .geometry import camera_rays, output_size, scale_intrinsics
 from .images import REDO, read_depth_m
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       voxel_downsample)
+from .poses import fused_camera_to_world
 from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,7 @@ def render_depth(scene, K: np.ndarray, camera_to_world: np.ndarray, size_wh: tup
     """
     import open3d as o3d
 
-    w, h = size_wh
-    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
-    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
-    dirs_world = dirs_cam @ camera_to_world[:3, :3].T  # camera z component 1: ray parameter = z-depth
-    origins = np.broadcast_to(camera_to_world[:3, 3], dirs_world.shape)
-    rays = np.concatenate([origins, dirs_world], -1).astype(np.float32)
-    return scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+    return scene.cast_rays(o3d.core.Tensor(camera_rays(K, camera_to_world, size_wh)))["t_hit"].numpy()
 
 
 def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
@@ -129,9 +124,10 @@ def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
 
 
 def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.ndarray, gt_triangles: np.ndarray,
-               table: CaptureTable, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
+               table: CaptureTable, camera_to_world: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """(GT points seen by some camera, predicted points not hidden from every camera, cameras used).
 
+    camera_to_world: (N,4,4) the poses the frames of `table` were fused with (`poses.fused_camera_to_world`).
     See the module docstring for the rules.
     """
     import open3d as o3d
@@ -145,9 +141,8 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
         rgb_wh = (int(table.width[i]), int(table.height[i]))
         wh = output_size(*rgb_wh, CULL_LONG_SIDE_PX)
         K = scale_intrinsics(table.K_rgb[i], rgb_wh, wh)
-        camera_to_world = table.camera_to_world[i]
-        depth = render_depth(scene, K, camera_to_world, wh)
-        world_to_camera = np.linalg.inv(camera_to_world)
+        depth = render_depth(scene, K, camera_to_world[i], wh)
+        world_to_camera = np.linalg.inv(camera_to_world[i])
         todo = np.flatnonzero(~gt_seen)  # a point seen once needs no more tests
         inside, z, rendered = _depth_at(gt_points[todo], K, world_to_camera, depth)
         gt_seen[todo[inside & (np.abs(z - rendered) < cfg.cull_tolerance_m)]] = True
@@ -230,7 +225,8 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
         gt = gt_job.result()
 
     unculled, unculled_curve = _scores(pred, gt, cfg)
-    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, cfg)
+    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table,
+                                               fused_camera_to_world(wd, table), cfg)
     if not gt_seen.any() or not pred_kept.any():
         raise PromptmeshError(f"{gt_mesh}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
                               "view of any camera; is the GT mesh in the capture's world frame, in metres?")

@@ -1,5 +1,9 @@
 """Stage 3, fuse: WORKDIR/depth/<model>/ + poses -> a TSDF volume in OUT/fuse/tsdf.npz.
 
+The poses are first refined against ARKit's drift (`pipeline/refine.py`, from the LiDAR maps of
+WORKDIR/capture; off with refine_poses = false) and written to OUT/fuse/poses.parquet (`pipeline/poses.py`),
+refined or not: the pose each frame is fused with, which every later stage that projects frames reads.
+
 Open3D's tensor `VoxelBlockGrid` (attributes tsdf, weight, color; all float32) does the work, on CUDA
 when Open3D has it and the config allows, else on the CPU. (The legacy ScalableTSDFVolume mishandles
 float depth in Open3D 0.20, so it is not used.)
@@ -55,6 +59,8 @@ from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
 from .images import MM_PER_M, REDO, read_depth_mm, read_image
+from .poses import write_poses
+from .refine import refine_poses
 from .streams import prefetch
 from .workdir import WorkDir, WorkDirLike
 
@@ -208,7 +214,7 @@ def integrate_frame(grid, frame: PreparedFrame, world_to_camera: np.ndarray, cfg
 
 # --------------------------------------------------------------------------- pre-sizing
 def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: int = 64,
-                         margin: float = 1.5) -> int:
+                         margin: float = 1.5, camera_to_world: Optional[np.ndarray] = None) -> int:
     """Number of voxel blocks the fusion will touch, estimated from the capture's LiDAR maps (cheap).
 
     Blocks are allocated only near observed surfaces (within the truncation distance along each ray),
@@ -216,8 +222,10 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
     `samples_per_row` pixels per row of each LiDAR map, at depth - trunc, depth and depth + trunc along
     each ray, counts the distinct blocks these points fall in over all frames and adds `margin` (denser
     depth maps, surface between the sampled pixels). Frames whose LiDAR map is unreadable are left out.
-    Memory is bounded by the number of distinct blocks, not the number of frames.
+    Memory is bounded by the number of distinct blocks, not the number of frames. `camera_to_world`: (N,4,4)
+    poses to use (default the capture's).
     """
+    camera_to_world = table.camera_to_world if camera_to_world is None else camera_to_world
     block_m = cfg.voxel_size_m * cfg.block_resolution
     trunc_m = cfg.sdf_trunc_voxels * cfg.voxel_size_m
     keys: list[np.ndarray] = []
@@ -236,7 +244,7 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
         u, v, z = u[ok], v[ok], z[ok]
         rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], -1)
         step = trunc_m / np.linalg.norm(rays, axis=1)  # trunc along the ray, in units of z
-        frame_keys = [_pack_block_keys(np.floor(transform_points(table.camera_to_world[i], rays * (z + dz)[:, None])
+        frame_keys = [_pack_block_keys(np.floor(transform_points(camera_to_world[i], rays * (z + dz)[:, None])
                                                 / block_m).astype(np.int64)) for dz in (-step, 0.0, step)]
         keys.append(np.unique(np.concatenate(frame_keys)))
         n_gathered += len(keys[-1])
@@ -279,14 +287,22 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     table = CaptureTable.load(wd)
     device = select_device(cfg.device)
     t0 = time.perf_counter()
-    block_count = block_count or estimate_block_count(table, cfg)
+    invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
+    refined = refine_poses(table, cfg) if cfg.refine_poses else None
+    camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
+    if refined is None:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
+    else:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
+                    refined.correction_deg, refined.accepted)
+    t_presize = time.perf_counter()
+    block_count = block_count or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
     log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
              "%d, %d blocks pre-sized", len(table), depth_model, device, cfg.voxel_size_m * 100,
              cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
              block_count)
-    invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for a new file
     grid = new_grid(cfg, block_count, device)
-    world_to_camera = np.linalg.inv(table.camera_to_world)
+    world_to_camera = np.linalg.inv(camera_to_world)
     n_valid_px = 0
     empty = []
     t_integrate = time.perf_counter()
@@ -309,11 +325,13 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
     save_volume(grid, cfg, wd.tsdf)
     seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=[wd.tsdf.name], settings=settings,
+    Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
                       "blocks_presized": block_count,
                       "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
-                      "seconds_presize": round(t_integrate - t0, 3),
+                      "refine": refined.summary if refined is not None else None,
+                      "seconds_refine": round(t_presize - t0, 3),
+                      "seconds_presize": round(t_integrate - t_presize, 3),
                       "seconds_integrate": round(t_save - t_integrate, 3),
                       "seconds_save": round(time.perf_counter() - t_save, 3)}).write(out)
     log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),

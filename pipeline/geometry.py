@@ -132,6 +132,17 @@ def project_points(points_cam: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, n
     return np.stack([u, v], -1), z
 
 
+def camera_rays(K: np.ndarray, camera_to_world: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """(h,w,6) float32 rays (world origin, world direction) through every pixel centre (integer coordinates) of a
+    pinhole camera, OpenCV axes. Directions have camera z = 1, so a ray parameter is the z-depth."""
+    w, h = size_wh
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    dirs_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    dirs_world = dirs_cam @ camera_to_world[:3, :3].T
+    origins = np.broadcast_to(camera_to_world[:3, 3], dirs_world.shape)
+    return np.concatenate([origins, dirs_world], -1).astype(np.float32)
+
+
 def trajectory_length_m(camera_to_world: np.ndarray) -> float:
     """Sum of distances between consecutive camera centres, (N,4,4) -> metres."""
     c = np.asarray(camera_to_world)[:, :3, 3]

@@ -35,6 +35,8 @@ class RunResult:
     timings_s: dict[str, float] = field(default_factory=dict)
     ingest_summary: dict = field(default_factory=dict)
     """The ingest manifest's summary: frames listed, kept, skipped_bad, dropped_blurry, not_selected."""
+    refine_s: Optional[float] = None
+    """Seconds of the fuse stage spent refining poses, when fuse ran (and refined) in this run."""
 
     def report(self) -> str:
         """What a person wants at the end: where things are, the scores, where the time went."""
@@ -55,7 +57,10 @@ class RunResult:
                              f"AbsRel {d['absrel']:.4f}  delta0.5 {d['delta_0.5']:.3f}")
         total = sum(self.timings_s.values())
         lines.append(f"timings:     {self.workdir.timings_json} (total {total:.1f} s)")
-        lines += [f"  {stage:7s} {sec:8.2f} s" for stage, sec in self.timings_s.items()]
+        for stage, sec in self.timings_s.items():
+            lines.append(f"  {stage:7s} {sec:8.2f} s")
+            if stage == "fuse" and self.refine_s is not None:
+                lines.append(f"    of which pose refinement {self.refine_s:.2f} s")
         return "\n".join(lines)
 
 
@@ -106,12 +111,16 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
                     block_count = prepared.result()
                 except PromptmeshError:  # fuse.run meets the same problem and reports it
                     pass
-            fuse.run(cfg.fuse, workdir, depth_model=model, force=force, block_count=block_count)
+            before = Manifest.read(workdir.fuse)
+            fused = Manifest.read(fuse.run(cfg.fuse, workdir, depth_model=model, force=force, block_count=block_count))
+        ran = before is None or fused.summary != before.summary  # each run's summary has its own seconds
+        refine_s = fused.summary.get("seconds_refine") if ran and cfg.fuse.refine_poses else None
         with _timed(timings, "mesh"):
             mesh_paths = mesh.run(cfg.mesh, workdir, force=force)
         eval_path = None
         if gt_mesh is not None:
             with _timed(timings, "eval"):
                 eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
-        atomic_write_json(workdir.timings_json, {"depth_model": model, "seconds": timings})
-    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary)
+        atomic_write_json(workdir.timings_json, {"depth_model": model, "seconds": timings,
+                                                 "fuse_seconds_refine_poses": refine_s})
+    return RunResult(workdir, model, list(mesh_paths), eval_path, timings, ingest_summary, refine_s)

@@ -186,7 +186,8 @@ def test_rerun_is_up_to_date_and_cli_exports(tmp_path):
     stamp_ns = Manifest.path_in(wd.export("nerfstudio")).stat().st_mtime_ns
     export.run(ExportConfig(), tmp_path, "nerfstudio")
     assert Manifest.path_in(wd.export("nerfstudio")).stat().st_mtime_ns == stamp_ns
-    export.run(ExportConfig(point_cloud_points=0), tmp_path, "nerfstudio")
+    result = CliRunner().invoke(cli, ["export", str(tmp_path), "--preset", "nerfstudio", "--point-cloud-points", "0"])
+    assert result.exit_code == 0, result.output
     meta, folder = exported(wd)
     assert "ply_file_path" not in meta and not (folder / "sparse_pc.ply").exists()
 

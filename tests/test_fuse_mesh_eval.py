@@ -66,8 +66,9 @@ def camera_poses(offset) -> list[np.ndarray]:
     return poses
 
 
-def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.ndarray, wh) -> tuple:
-    """(z-depth metres (inf = miss), RGB uint8 from the wall colours) through pixel centres."""
+def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.ndarray, wh, pattern=None) -> tuple:
+    """(z-depth metres (inf = miss), RGB uint8 from the wall colours) through pixel centres; `pattern`, if
+    given, maps (h,w,3) world points of the hits to (h,w) factors in [0, 1] that the colours are scaled by."""
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(room))
     depth = evaluate.render_depth(scene, K, camera_to_world, wh)
@@ -81,11 +82,15 @@ def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.n
     rgb = np.zeros((h, w, 3), np.uint8)
     for (axis, sign), color in FACE_COLORS.items():
         rgb[np.abs(inward[..., axis] - sign) < 0.5] = color
+    if pattern is not None:
+        points = camera_to_world[:3, 3] + np.where(np.isfinite(depth), depth, 0)[..., None] * dirs
+        rgb = np.clip(np.rint(rgb * pattern(points)[..., None]), 0, 255).astype(np.uint8)
     return depth, rgb
 
 
-def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True) -> Path:
-    """A work directory as ingest + `depth lidar` would leave it, for a box room shifted by `offset`."""
+def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True, pattern=None) -> Path:
+    """A work directory as ingest + `depth lidar` would leave it, for a box room shifted by `offset` (its RGB
+    frames' colours scaled by `pattern`, see render)."""
     offset = np.asarray(offset, float)
     room = box_room(offset)
     cap = WorkDir(root).capture
@@ -94,7 +99,7 @@ def build_workdir(root: Path, offset=(0.0, 0.0, 0.0), with_gt_depth=True) -> Pat
     for i, pose in enumerate(camera_poses(offset)):
         stem = f"{i:06d}"
         depth_m, _ = render(room, pose, K_depth, DEPTH_WH)
-        gt_m, rgb = render(room, pose, K_RGB, RGB_WH)
+        gt_m, rgb = render(room, pose, K_RGB, RGB_WH, pattern)
         depth_mm = depth_m_to_mm(np.where(np.isfinite(depth_m), depth_m, 0))
         (cap / "rgb").mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(cap / "rgb" / f"{stem}.jpg"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -156,6 +157,9 @@ def test_ar_export_is_preferred_and_copied_unchanged(tmp_path):
     assert "AR export (textured)" in page
     data = page_data(page)
     np.testing.assert_allclose(data["start"]["eye"], EYE + offset_m)  # the camera moved with the mesh
+    later_ns = ar.stat().st_mtime_ns + 10**9
+    os.utime(wd.mesh("ply"), ns=(later_ns, later_ns))  # mesh.ply redone after the export: it shows an old mesh
+    assert "mesh.ply, decimated" not in page and "AR export" not in view.run(ViewConfig(), tmp_path).read_text()
 
 
 def test_compare_figures_are_copied_and_listed(tmp_path):
@@ -170,6 +174,13 @@ def test_compare_figures_are_copied_and_listed(tmp_path):
     assert (wd.view / "figures" / figure.name).read_bytes() == figure.read_bytes()
     assert 'src="figures/fscore_vs_threshold.png"' in page
     assert "0.911" in page and "no weights" in page and "<th>guided</th>" in page
+
+
+def test_cli_target_triangles_reaches_the_mesh(tmp_path):
+    wd = make_workdir(tmp_path)
+    result = CliRunner().invoke(cli, ["view", str(tmp_path), "--target-triangles", "500"])
+    assert result.exit_code == 0 and f"view: {wd.view / 'index.html'}" in result.output
+    assert 400 <= glb_triangles(wd.view / "mesh.glb") <= 500
 
 
 def test_cli_without_mesh_is_one_line_error(tmp_path):
@@ -266,3 +277,11 @@ def test_serving_on_a_taken_port_is_one_line_error(tmp_path):
             view.server(tmp_path, first.server_address[1])
     finally:
         first.server_close()
+
+
+@needs_chromium
+def test_page_opened_as_a_file_says_to_serve_it(tmp_path):
+    make_workdir(tmp_path)
+    dom = chromium(view.run(ViewConfig(), tmp_path).as_uri())
+    assert "promptmesh view WORKDIR --serve" in re.search(r'<p id="status"[^>]*>([^<]*)</p>', dom).group(1)
+    assert "0.854" in dom  # the scores are there all the same

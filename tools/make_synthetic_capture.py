@@ -84,7 +84,8 @@ def _write_layout(layout: str, path: Path, frames: Iterator[WriterFrame], K_rgb:
 
 def make_capture(out_dir: Path, scene: str = "easy", n_frames: int = 60, width: int = 640, height: int = 480,
                  layouts: Sequence[str] = ("stray",), seed: int = 0, fps: float = 30.0, codec: str = "hevc",
-                 gt_depth_size: Optional[tuple[int, int]] = None, flat: bool = False) -> dict[str, Path]:
+                 gt_depth_size: Optional[tuple[int, int]] = None, flat: bool = False,
+                 drift_m: Optional[float] = None, drift_deg: Optional[float] = None) -> dict[str, Path]:
     """Render and write a synthetic capture; returns {layout name or "gt_mesh" / "gt_poses" /
     "written_poses" / "K_rgb": path}.
 
@@ -97,6 +98,9 @@ def make_capture(out_dir: Path, scene: str = "easy", n_frames: int = 60, width: 
         codec: Stray video codec, "hevc" (ffmpeg/libx265) or "mp4v".
         gt_depth_size: (W, H) of the Stray gt_depth/ PNGs (default the RGB size).
         flat: write the (single, Stray) layout directly into out_dir, GT files beside it.
+        drift_m, drift_deg: ARKit-like drift of the written poses at the last frame (camera centre, metres;
+            orientation, degrees), growing smoothly from zero at the first frame (`drifted_poses`); None = the
+            scene's own (hard 1.5 cm / 0.3 deg, easy none).
     """
     if scene not in SCENES:
         raise ValueError(f"unknown scene {scene!r}; choose from {sorted(SCENES)}")
@@ -113,7 +117,8 @@ def make_capture(out_dir: Path, scene: str = "easy", n_frames: int = 60, width: 
     sc = SCENES[scene]()
     K_rgb = arkit_intrinsics(width, height)
     true_poses = camera_trajectory(sc, n_frames, fps, seed)
-    written = drifted_poses(true_poses, sc.drift_m, sc.drift_deg, seed)
+    written = drifted_poses(true_poses, sc.drift_m if drift_m is None else drift_m,
+                            sc.drift_deg if drift_deg is None else drift_deg, seed)
     log.info("synthetic %s capture: %d frames at %dx%d, seed %d, layouts %s -> %s",
              scene, n_frames, width, height, seed, ",".join(layouts), out_dir)
 
@@ -167,6 +172,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--codec", choices=("hevc", "mp4v"), default="hevc", help="Stray rgb.mp4 codec")
     ap.add_argument("--gt-depth-size", type=_size, default=None, metavar="WxH",
                     help="size of the Stray gt_depth/ PNGs (default: the RGB size)")
+    ap.add_argument("--drift-m", type=float, default=None,
+                    help="pose drift at the last frame, metres (default: the scene's, hard 0.015, easy 0)")
+    ap.add_argument("--drift-deg", type=float, default=None,
+                    help="orientation drift at the last frame, degrees (default: the scene's, hard 0.3, easy 0)")
     ap.add_argument("--flat", action="store_true",
                     help="write the Stray capture directly into OUT_DIR (GT files inside it)")
     args = ap.parse_args(argv)
@@ -175,7 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         make_capture(args.out_dir, scene=args.scene, n_frames=args.frames, width=args.width, height=args.height,
                      layouts=[s.strip() for s in args.layouts.split(",") if s.strip()], seed=args.seed, fps=args.fps,
-                     codec=args.codec, gt_depth_size=args.gt_depth_size, flat=args.flat)
+                     codec=args.codec, gt_depth_size=args.gt_depth_size, flat=args.flat, drift_m=args.drift_m,
+                     drift_deg=args.drift_deg)
     except ValueError as e:
         ap.error(str(e))
     return 0

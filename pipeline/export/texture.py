@@ -242,7 +242,7 @@ def build_atlas(vertices: np.ndarray, triangles: np.ndarray, size_px: int, paddi
 
 
 # --------------------------------------------------------------------------- baking
-def _bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+def bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """(H,W,3) uint8 sampled at (N,2) pixel coordinates (centres at integers, clamped) -> (N,3) float32."""
     h, w = image.shape[:2]
     x = np.clip(uv[:, 0], 0, w - 1)
@@ -324,7 +324,7 @@ def bake(points: np.ndarray, normals: np.ndarray, views, n_views: int, occlusion
             if len(idx) == 0:
                 continue
             weight = (cos[idx] / (z[idx] * z[idx])) ** 2
-            rgb = _bilinear(view.rgb, np.stack([u[idx], v[idx]], 1))
+            rgb = bilinear(view.rgb, np.stack([u[idx], v[idx]], 1))
             color_sum[s + idx] += weight[:, None] * rgb
             weight_sum[s + idx] += weight
     seen = weight_sum > 0
