@@ -54,6 +54,18 @@ def test_pose_graph_edge_convention_is_target_from_source():
     np.testing.assert_allclose(refined[1], c0 @ Z, atol=1e-6)
 
 
+def test_a_wrong_loop_edge_is_dropped_and_the_right_one_kept():
+    # The chain of the test above, with the true loop edge 4 -> 0 and a wrong one 3 -> 0 (30 cm off).
+    predicted = np.stack([_pose(t=(1.01 * k, 0.0, 0.0)) for k in range(5)])
+    loops = [refine.Alignment(4, 0, _pose(t=(4.0, 0.0, 0.0)), np.eye(6), 1.0, 0.0),
+             refine.Alignment(3, 0, _pose(t=(3.3, 0.0, 0.0)), np.eye(6), 1.0, 0.0)]
+    refined, kept = refine.solve_with_loops(predicted, loops)
+    assert kept == loops[:1]
+    np.testing.assert_allclose(refined[:, 0, 3], [0.0, 1.0, 2.0, 3.0, 4.0], atol=0.005)  # the odometry bends too
+    refined, kept = refine.solve_with_loops(predicted, loops[1:])  # alone, the wrong edge still disagrees
+    assert kept == [] and np.array_equal(refined, predicted)
+
+
 def test_corrections_are_interpolated_by_frame_index():
     end = _pose(rotvec_deg=(0.0, 40.0, 0.0), t=(0.4, 0.0, -0.2))
     out = refine.interpolate_corrections(9, np.array([2, 6]), np.stack([np.eye(4), end]))
