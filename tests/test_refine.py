@@ -91,7 +91,8 @@ def _planes(*which: str, spacing_m: float = 0.02) -> refine.Fragment:
 def _moved(fragment: refine.Fragment, target_from_source: np.ndarray) -> refine.Fragment:
     """The same surface seen from a camera that `target_from_source` maps into the target's."""
     source_from_target = np.linalg.inv(target_from_source)
-    return refine.Fragment(fragment.frames, 0, fragment.points @ source_from_target[:3, :3].T + source_from_target[:3, 3],
+    return refine.Fragment(fragment.frames, 0,
+                           fragment.points @ source_from_target[:3, :3].T + source_from_target[:3, 3],
                            fragment.normals @ source_from_target[:3, :3].T)
 
 
@@ -151,8 +152,11 @@ def test_refinement_recovers_the_true_pose_f_score_under_drift(drift_runs):
     assert drifted_f < true_f - 0.03, (drifted_f, true_f)  # the drift matters: measured 0.741 against 0.801
     assert abs(refined_f - true_f) <= 0.02, (refined_f, true_f)  # measured 0.797
     gt = drift_runs[1, "gt"]
-    before, _ = refine.pose_difference(drift_runs[1, False][1], gt)
+    before, before_deg = refine.pose_difference(drift_runs[1, False][1], gt)
     after, _ = refine.pose_difference(drift_runs[1, True][1], gt)
+    assert before[0] == pytest.approx(0, abs=1e-6)  # the generator's drift option: zero at the first frame,
+    assert before[-1] == pytest.approx(DRIFT_M, abs=1e-5)  # its size at the last
+    assert before_deg[-1] == pytest.approx(DRIFT_DEG, abs=1e-4)
     assert after.mean() < 0.5 * before.mean(), (after.mean(), before.mean())
     np.testing.assert_array_equal(drift_runs[1, True][1][0], drift_runs[1, False][1][0])  # frame 0 defines the world
 
@@ -214,7 +218,8 @@ def test_real_3dscannerapp_sample_runs_end_to_end_with_refinement(tmp_path):
     result = runner.run(cfg, SAMPLES / "3dscannerapp_corridor" / "All_Data", tmp_path / "wd")
     table = CaptureTable.load(tmp_path / "wd")
     frame_index, camera_to_world = read_poses(WorkDir(tmp_path / "wd").poses_parquet)
-    assert list(frame_index) == list(table.frame_index) and len(frame_index) >= 12 and np.isfinite(camera_to_world).all()
+    assert list(frame_index) == list(table.frame_index) and len(frame_index) >= 12
+    assert np.isfinite(camera_to_world).all()
     moved_m, turned_deg = refine.pose_difference(camera_to_world, table.camera_to_world)
     assert moved_m[0] == 0.0 and moved_m.max() <= 0.3 and turned_deg.max() <= 5.0
     assert result.mesh_paths[0].stat().st_size > 10_000

@@ -94,16 +94,18 @@ def table(rows: list[tuple], frames: int, width: int, height: int, repeats: int,
           voxel_m: float) -> str:
     true_f, true_f2 = rows[0][2][False]["f"], rows[0][2][False]["f2"]
     lines = [f"{machine_line()}; hard room, {frames} frames at {width}x{height}, `lidar` depth, {voxel_m * 100:g} cm "
-             f"voxels; fuse time = the stage's own timer, median of {repeats}; CPU s = the process's CPU time while refining; "
-             f"load average {loads[0]} at the start, "
-             f"{loads[1]} at the end. True poses: culled F@5cm {true_f:.3f}, F@2cm {true_f2:.3f}.", "",
+             f"voxels; fuse time = the stage's own timer, median of {repeats}; CPU s = the process's CPU time while "
+             f"refining; load average {loads[0]} at the start, {loads[1]} at the end. True poses: culled F@5cm "
+             f"{true_f:.3f}, F@2cm {true_f2:.3f}.", "",
              "| drift at the last frame | F@5cm without | F@5cm with | F@2cm without | F@2cm with | pose error without "
-             "(mean / max) | pose error with (mean / max) | fuse s without | fuse s with | of which refinement s (CPU s) |",
+             "(mean / max) | pose error with (mean / max) | fuse s without | fuse s with | of which refinement s "
+             "(CPU s) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for drift_m, drift_deg, r in rows:
         off, on = r[False], r[True]
-        lines.append(f"| {drift_m * 100:g} cm / {drift_deg:g} deg | {off['f']:.3f} | **{on['f']:.3f}** | {off['f2']:.3f} "
-                     f"| **{on['f2']:.3f}** | {off['error_mean_m'] * 100:.1f} / {off['error_max_m'] * 100:.1f} cm | "
+        lines.append(f"| {drift_m * 100:g} cm / {drift_deg:g} deg | {off['f']:.3f} | **{on['f']:.3f}** | "
+                     f"{off['f2']:.3f} | **{on['f2']:.3f}** | {off['error_mean_m'] * 100:.1f} / "
+                     f"{off['error_max_m'] * 100:.1f} cm | "
                      f"{on['error_mean_m'] * 100:.1f} / {on['error_max_m'] * 100:.1f} cm | {off['fuse_s']:.1f} | "
                      f"{on['fuse_s']:.1f} | {on['refine_s']:.1f} ({on['refine_cpu_s']:.1f}) |")
     return "\n".join(lines)
