@@ -4,12 +4,13 @@ Everything the page loads lies beside it (CONTRACTS §2): `mesh.glb`, `viewer.js
 (`three/`, pinned, see pipeline/viewer_assets/three/VERSION) and the compare report's figures (`figures/`).
 Browsers refuse `fetch` from file:// URLs, so `serve` hands the folder out on 127.0.0.1.
 
-The mesh is the AR export's textured GLB (WORKDIR/export/ar/mesh.glb) when it exists, else mesh.ply
-decimated to `ViewConfig.target_triangles` and written as GLB with vertex colours. Either way it is in the
-capture's world frame, metres, Y up (ARKit worlds are y up, like glTF), so the measuring tool reads metres
-directly. The page shows it unlit (colours as captured: glTF's default metallic material renders black
-without an environment map) and opens at the pose of the capture's middle frame (after pose refinement),
-looking where the phone looked.
+The mesh is the AR export's textured GLB (WORKDIR/export/ar/mesh.glb) when it exists and is not older than
+mesh.ply, else mesh.ply decimated to `ViewConfig.target_triangles` and written as GLB with vertex colours
+(kept across reruns while mesh.ply and the setting stay the same). Either way it is in the capture's world
+frame, metres, Y up (ARKit worlds are y up, like glTF), so the measuring tool reads metres directly. The page
+shows it unlit (colours as captured: glTF's default metallic material renders black without an environment
+map) and opens at the pose of the capture's middle frame (after pose refinement), looking where the phone
+looked.
 
 Scores (eval.json, compare.json), capture facts (ingest and fuse manifests) and the view's start pose are
 written into the HTML by this module; viewer.js only draws and measures.
@@ -29,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from .artifacts import (Manifest, atomic_write_bytes, atomic_write_text, fingerprint, invalidate, is_current,
-                        source_fingerprint)
+                        remove_tree, source_fingerprint)
 from .capture import CaptureTable
 from .compare import TABLE_COLUMNS
 from .config import ViewConfig
@@ -57,11 +58,23 @@ def ar_mesh(wd: WorkDir) -> Path:
     return wd.export("ar") / "mesh.glb"
 
 
+def _source_mesh(wd: WorkDir) -> Path:
+    """The AR export's GLB when it is at least as new as mesh.ply (an older one shows a mesh since replaced),
+    else mesh.ply."""
+    ar, ply = ar_mesh(wd), wd.mesh("ply")
+    if ar.is_file() and (not ply.is_file() or ar.stat().st_mtime_ns >= ply.stat().st_mtime_ns):
+        return ar
+    if ar.is_file():
+        log.warning("view: %s is older than %s; showing mesh.ply (rerun `promptmesh export %s --preset ar` for the "
+                    "textured mesh)", ar, ply, wd.root)
+    return ply
+
+
 def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     """Write WORKDIR/view/ (index.html and everything it loads); returns the path of index.html."""
     wd = WorkDir(workdir)
     out = wd.view
-    source = ar_mesh(wd) if ar_mesh(wd).is_file() else wd.mesh("ply")
+    source = _source_mesh(wd)
     if not source.is_file():
         raise PromptmeshError(f"{wd.mesh('ply')}: no mesh to show; run `promptmesh run CAPTURE -o {wd.root}` (or "
                               "`promptmesh mesh WORKDIR`) first")
@@ -86,6 +99,7 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
         mesh_facts = [tuple(fact) for fact in previous.summary["mesh_facts"]]
     else:
         mesh_facts = _write_mesh(source, out / MESH_NAME, cfg, from_ar=source != wd.mesh("ply"))
+    remove_tree(out / "figures")  # a previous report's figures
     figures = _copy_figures(wd, out / "figures")
     start = _start_view(wd, _mesh_offset_m(wd, source))
     page = string.Template((ASSETS / "index.html").read_text()).substitute(
