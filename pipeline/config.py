@@ -75,11 +75,11 @@ class FuseConfig:
     block_resolution: int = 8
     """Voxels per block edge in Open3D's VoxelBlockGrid."""
     refine_poses: bool = True
-    """Correct ARKit's slow pose drift before fusing (a keyframe pose graph: ARKit's relative motion plus ICP
-    alignments of LiDAR point clouds between frames that see the same surfaces again; pipeline/refine.py)."""
+    """Correct ARKit's slow pose drift before fusing (a pose graph: ARKit's relative motion between fragments of
+    the walk fused from the LiDAR, plus ICP alignments of fragments that see the same surfaces again;
+    pipeline/refine.py)."""
     refine_voxel_m: float = 0.03
-    """LiDAR point clouds are downsampled to this voxel edge for alignment (and twice it for the coarse level),
-    metres."""
+    """Voxel edge of the TSDF fragments that refinement fuses from the LiDAR and aligns, metres."""
     refine_max_correction_m: float = 0.3
     """Largest plausible correction of a camera centre, metres: an alignment or a refined pose moving further
     is treated as diverged (the pose keeps ARKit's, with a warning)."""

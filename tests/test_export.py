@@ -225,3 +225,29 @@ def test_rerun_is_up_to_date_other_mesh_formats_keep_it_and_recenter_moves_it(te
     assert abs(np.percentile(positions[:, 1], 2)) < 0.02 and hi[1] == pytest.approx(ROOM_SIZE_M[1], abs=0.05)
     offset = export.ar.Manifest.read(out).summary["recenter_offset_m"]
     np.testing.assert_allclose(offset, [-ROOM_SIZE_M[0] / 2, 0, -ROOM_SIZE_M[2] / 2], atol=0.05)
+
+
+def test_atlas_covers_each_triangle_once_at_one_texel_density():
+    """Two unit squares facing +z and +x (four triangles): each triangle's texels are inside it, no texel is
+    claimed twice, the UVs keep the world's proportions and the texel points lie on the triangles."""
+    from pipeline.export.texture import build_atlas, split_vertices, texel_points
+
+    vertices = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0],  # z = 0 square, normal +z
+                         [2, 0, 0], [2, 1, 0], [2, 1, 1], [2, 0, 1]], float)  # x = 2 square, normal +x
+    triangles = np.array([[0, 1, 2], [0, 2, 3], [4, 5, 6], [4, 6, 7]])
+    atlas = build_atlas(vertices, triangles, size_px=64, padding_px=2)
+    assert len(np.unique(atlas.texel)) == len(atlas.texel)
+    assert set(atlas.chart[:2]).isdisjoint(atlas.chart[2:])  # other axis, other chart
+    points, normals = texel_points(vertices, triangles, atlas)
+    on_z = atlas.texel_triangle < 2
+    np.testing.assert_allclose(points[on_z, 2], 0, atol=1e-6)
+    np.testing.assert_allclose(points[~on_z, 0], 2, atol=1e-6)
+    np.testing.assert_allclose(normals[on_z], [[0, 0, 1]] * on_z.sum(), atol=1e-6)
+    # each square covers about texels_per_m^2 texels (one density for both)
+    for mask in (on_z, ~on_z):
+        assert mask.sum() == pytest.approx(atlas.texels_per_m ** 2, rel=0.15)
+    edge_px = np.linalg.norm(np.diff(atlas.corner_uv[0][:2], axis=0)) * 64  # the (0,0,0)-(1,0,0) edge
+    assert edge_px == pytest.approx(atlas.texels_per_m, rel=1e-6)
+    source, uv, new_triangles = split_vertices(triangles, atlas)
+    np.testing.assert_array_equal(source[new_triangles], triangles)  # same corners, one UV per (vertex, chart)
+    assert len(uv) == len({(v, c) for t, c in zip(triangles, atlas.chart) for v in t}) and 0 <= uv.min() <= uv.max() <= 1

@@ -17,17 +17,18 @@ import open3d as o3d
 import pytest
 from click.testing import CliRunner
 
-from pipeline import evaluate, export
+from make_synthetic_capture import make_capture
+from pipeline import evaluate, export, runner
 from pipeline.artifacts import Manifest, write_png_atomic
-from pipeline.capture import FrameRow, write_frames_table
+from pipeline.capture import CaptureTable, FrameRow, write_frames_table
 from pipeline.cli import cli
-from pipeline.config import ExportConfig
+from pipeline.config import ExportConfig, PipelineConfig, override
 from pipeline.errors import PromptmeshError
-from pipeline.export.nerfstudio import depth_at_image_size, nerfstudio_intrinsics
-from pipeline.geometry import scale_intrinsics
-from pipeline.images import depth_m_to_mm
+from pipeline.export.nerfstudio import depth_at_image_size, nerfstudio_intrinsics, transforms
+from pipeline.geometry import backproject, scale_intrinsics, transform_points
+from pipeline.images import depth_m_to_mm, read_depth_m
 from pipeline.mesh import MeshArrays, write_ply
-from pipeline.poses import write_poses
+from pipeline.poses import fused_camera_to_world, write_poses
 from pipeline.workdir import WorkDir
 
 ROOM_M = (4.0, 2.5, 3.0)
@@ -164,9 +165,6 @@ def test_depth_at_image_size_keeps_holes_unblended():
 
 
 def test_per_frame_intrinsics_when_frames_differ():
-    from pipeline.capture import CaptureTable
-    from pipeline.export.nerfstudio import transforms
-
     K = np.stack([K_RGB, K_RGB * [[1.01], [1.01], [1]]])
     table = CaptureTable(Path("."), np.arange(2), np.zeros(2), ["a.jpg", "b.jpg"], ["", ""], [None, None],
                          np.array([64, 64]), np.array([48, 48]), np.array([16, 16]), np.array([12, 12]), K,
@@ -197,3 +195,41 @@ def test_missing_depth_map_names_the_file(tmp_path):
     (wd.depth("guided") / "000002.png").unlink()
     with pytest.raises(PromptmeshError, match=r"000002\.png.*promptmesh depth"):
         export.run(ExportConfig(), tmp_path, "nerfstudio")
+
+
+def test_after_a_real_run_the_export_lands_on_the_ground_truth(tmp_path):
+    """ingest -> depth (lidar at half the image size) -> fuse (pose refinement on) -> mesh, then the export:
+    nerfstudio's back-projection of the exported depth lies on the scene's ground-truth mesh."""
+
+    capture = make_capture(tmp_path / "syn", scene="easy", n_frames=8, width=160, height=120, seed=5)
+    cfg = override(override(PipelineConfig(), "fuse", voxel_size_m=0.03), "depth", model="lidar", long_side_px=80)
+    cfg = override(override(cfg, "ingest", blur_select=False), "export", point_cloud_points=1000)
+    runner.run(cfg, capture["stray"], tmp_path / "wd")
+    export.run(cfg.export, tmp_path / "wd", "nerfstudio")
+    meta, folder = exported(WorkDir(tmp_path / "wd"))
+    gt = o3d.io.read_triangle_mesh(str(capture["gt_mesh"]))
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(gt))
+
+    def median_to_gt(frames) -> float:
+        d = [scene.compute_distance(o3d.core.Tensor(nerfstudio_points(
+            meta, f, cv2.imread(str(folder / f["depth_file_path"]), cv2.IMREAD_UNCHANGED) * 1e-3).astype(np.float32)))
+            .numpy() for f in frames]
+        return float(np.median(np.concatenate(d)))
+
+    # the same maps back-projected as fusion does (OpenCV axes, integer pixel centres, at the depth map's size)
+    table, wd = CaptureTable.load(WorkDir(tmp_path / "wd")), WorkDir(tmp_path / "wd")
+    own = []
+    for i, camera_to_world in enumerate(fused_camera_to_world(wd, table)):
+        depth_m = read_depth_m(wd.depth("lidar") / f"{table.stem(i)}.png", "")
+        points = transform_points(camera_to_world, backproject(depth_m, scale_intrinsics(
+            table.K_rgb[i], table.rgb_size, depth_m.shape[::-1])))
+        own.append(scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy())
+    own_median_m = float(np.median(np.concatenate(own)))
+
+    assert len(meta["frames"]) == 8 and (meta["w"], meta["h"]) == (160, 120)
+    export_median_m = median_to_gt(meta["frames"])
+    assert export_median_m < min(0.02, own_median_m * 1.1 + 0.001), (export_median_m, own_median_m)
+    flipped = [{**f, "transform_matrix": (np.asarray(f["transform_matrix"]) @ np.diag([1.0, 1, -1, 1])).tolist()}
+               for f in meta["frames"]]
+    assert median_to_gt(flipped) > 0.1

@@ -285,3 +285,28 @@ def test_page_opened_as_a_file_says_to_serve_it(tmp_path):
     dom = chromium(view.run(ViewConfig(), tmp_path).as_uri())
     assert "promptmesh view WORKDIR --serve" in re.search(r'<p id="status"[^>]*>([^<]*)</p>', dom).group(1)
     assert "0.854" in dom  # the scores are there all the same
+
+
+def test_after_a_real_run_the_page_reads_the_stages_outputs(tmp_path):
+    """The facts and the start pose come from what ingest, fuse (pose refinement on) and eval really write."""
+    from make_synthetic_capture import make_capture
+    from pipeline import runner
+    from pipeline.capture import CaptureTable
+    from pipeline.config import PipelineConfig, override
+    from pipeline.poses import fused_camera_to_world
+
+    capture = make_capture(tmp_path / "syn", scene="easy", n_frames=5, width=96, height=72, seed=2)
+    cfg = override(override(PipelineConfig(), "fuse", voxel_size_m=0.04), "depth", model="lidar", long_side_px=96)
+    cfg = override(cfg, "eval", sample_spacing_m=0.02)
+    result = runner.run(override(cfg, "ingest", blur_select=False), capture["stray"], tmp_path / "wd",
+                        gt_mesh=capture["gt_mesh"])
+    page = view.run(ViewConfig(), tmp_path / "wd").read_text()
+    fscore = json.loads(result.eval_path.read_text())["culled"]["fscore"]
+    assert re.search(rf'id="scores-culled">.*<td>{fscore:.3f}</td></tr>', page)
+    for fact in ("<th>format</th><td>stray</td>", "<th>frames kept</th><td>5 of 5</td>", "<td>96×72</td>",
+                 "<th>depth model</th><td>lidar</td>", "<th>TSDF voxel</th><td>4 cm</td>"):
+        assert fact in page, fact
+    wd = WorkDir(tmp_path / "wd")
+    middle = fused_camera_to_world(wd, CaptureTable.load(wd))[2]
+    np.testing.assert_allclose(page_data(page)["start"]["eye"], middle[:3, 3])
+    np.testing.assert_allclose(page_data(page)["start"]["forward"], middle[:3, 2])

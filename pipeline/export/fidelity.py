@@ -6,6 +6,7 @@ here are glTF's ((0, 0) = image top-left); callers convert OBJ/USD's bottom-left
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -31,6 +32,16 @@ class ColoredMesh:
     colors: Optional[np.ndarray] = None
     """(V,3) uint8 RGB vertex colours (when there is no texture)."""
 
+    @functools.cached_property
+    def scene(self):
+        """Open3D RaycastingScene of the mesh (built once)."""
+        import open3d as o3d
+
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(np.asarray(self.vertices, np.float32)),
+                            o3d.core.Tensor(np.asarray(self.triangles, np.uint32)))
+        return scene
+
     def shade(self, triangle: np.ndarray, bary: np.ndarray) -> np.ndarray:
         """(n,3) float32 RGB at barycentric points (n,3) of triangles (n,)."""
         corners = self.triangles[triangle]
@@ -46,10 +57,7 @@ def cast(mesh: ColoredMesh, K: np.ndarray, camera_to_world: np.ndarray, size_wh:
     """((h,w) z-depth (inf = miss), (h,w) triangle id (-1 = miss), (h,w,3) barycentrics) through pixel centres."""
     import open3d as o3d
 
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(np.asarray(mesh.vertices, np.float32)),
-                        o3d.core.Tensor(np.asarray(mesh.triangles, np.uint32)))
-    hit = scene.cast_rays(o3d.core.Tensor(camera_rays(K, camera_to_world, size_wh)))
+    hit = mesh.scene.cast_rays(o3d.core.Tensor(camera_rays(K, camera_to_world, size_wh)))
     depth = hit["t_hit"].numpy()
     triangle = hit["primitive_ids"].numpy().astype(np.int64)
     triangle[~np.isfinite(depth)] = -1

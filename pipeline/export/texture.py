@@ -6,7 +6,7 @@ projected orthographically onto its axis plane, at one scale (texels per metre) 
 texel density is uniform. Charts are shelf-packed (tallest first) with `padding_px` of gutter each side; the
 scale is the largest that fits (bisection). Triangles that still overlap in their chart (a surface folding
 back under the same axis) are moved to charts of their own and the atlas is packed again. Open3D's
-`compute_uvatlas` makes tighter charts but takes ~80 s for 100k triangles on two cores (this: ~1 s).
+`compute_uvatlas` makes tighter charts but is far slower on two cores (docs/benchmarks.md, "AR export").
 
 UV convention here: glTF's. (0, 0) is the image's top-left corner, u grows rightwards and v downwards, and
 texel (row r, column c) has its centre at ((c + 0.5) / N, (r + 0.5) / N).
@@ -29,6 +29,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
+
+from ..errors import PromptmeshError
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +158,8 @@ def _pack_charts(label: np.ndarray, plane: np.ndarray, size_px: int, padding_px:
             break
     scale = scale_lo
     if scale <= 0:
-        raise ValueError(f"{n_charts} charts with {2 * padding_px} px gutters do not fit a {size_px} px atlas")
+        raise PromptmeshError(f"export: {n_charts} UV charts with {2 * padding_px} px gutters do not fit a {size_px} px "
+                              "texture; raise --texture-size or lower --target-triangles / [export] padding_px")
     x, y, _ = _shelf_pack(*boxes(scale), size_px)
     local = plane - lo[label][:, None, :]
     local = np.where(rotate[label][:, None, None], local[..., ::-1], local)  # transposed: mirrored, no matter
