@@ -14,7 +14,8 @@ from typing import Optional
 
 import click
 
-from .config import DEPTH_MODELS, PipelineConfig, load_config, override
+from .config import PipelineConfig, load_config, override
+from .depth_models import AUTO, MODEL_CHOICES, choices_help
 from .errors import PromptmeshError
 from .workdir import WorkDir
 
@@ -75,10 +76,7 @@ def opt_frames(f):
 
 
 def opt_depth(f):
-    f = click.option("--depth-model", type=click.Choice(DEPTH_MODELS),
-                     help="lidar = LiDAR resized (baseline); guided = edge-aware RGB-guided upsampling (no weights); "
-                          "promptda-* = Prompt Depth Anything with official weights; auto = promptda-vits if its "
-                          "weights are available offline, else guided. [default: auto]")(f)
+    f = click.option("--depth-model", type=click.Choice(MODEL_CHOICES), help=choices_help() + ". [default: auto]")(f)
     f = click.option("--weights", help="PromptDA weights: path to model.ckpt, a folder holding it, or a Hugging "
                                        "Face repo id already in the local cache. [default: the model's official repo]")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]),
@@ -218,7 +216,7 @@ def depth(workdir, config_path, depth_model, weights, device, long_side_px, forc
 @cli.command()
 @click.argument("workdir", type=click.Path(file_okay=False, path_type=Path))
 @opt_config
-@click.option("--depth-model", type=click.Choice(DEPTH_MODELS), help="Which depth/<model>/ to fuse. [default: auto]")
+@click.option("--depth-model", type=click.Choice(MODEL_CHOICES), help="Which depth/<model>/ to fuse. [default: auto]")
 @opt_voxel
 @opt_refine
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="TSDF device. [default: auto]")
@@ -462,9 +460,9 @@ def view(workdir, serve_port, target_triangles, config_path, force):
 def _depth_model_list(text: str) -> list[str]:
     """'lidar, guided' -> ['lidar', 'guided']; PromptmeshError for unknown names (auto is not a model)."""
     models = [m.strip() for m in text.split(",") if m.strip()]
-    bad = [m for m in models if m not in DEPTH_MODELS or m == "auto"]
+    bad = [m for m in models if m not in MODEL_CHOICES or m == AUTO]
     if bad or not models:
-        raise PromptmeshError(f"--depth-models: unknown {bad or 'empty list'}; choose from {list(DEPTH_MODELS[1:])}")
+        raise PromptmeshError(f"--depth-models: unknown {bad or 'empty list'}; choose from {[m for m in MODEL_CHOICES if m != AUTO]}")
     return models
 
 

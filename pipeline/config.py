@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_type_hints
 
+from .depth_models import MODEL_CHOICES
 from .errors import PromptmeshError
 
-DEPTH_MODELS = ("auto", "lidar", "guided", "promptda-vits", "promptda-vits-transparent", "promptda-vitl")
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
@@ -38,8 +38,8 @@ class IngestConfig:
 @dataclass(frozen=True)
 class DepthConfig:
     model: str = "auto"
-    """One of auto, lidar, guided, promptda-vits, promptda-vits-transparent, promptda-vitl. auto = PromptDA
-    (vits) when its weights are available offline, else guided."""
+    """A model of pipeline/depth_models.py (lidar, guided, promptda-vits, promptda-vits-transparent,
+    promptda-vitl) or auto = promptda-vits when its weights are available offline, else guided."""
     weights: str = ""
     """PromptDA checkpoint: a local model.ckpt, a folder holding it, or a Hugging Face repo id ('' = the
     official repo of the model, from the local Hugging Face cache)."""
@@ -213,7 +213,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
     checks = [
         (cfg.ingest.stride >= 1, "ingest.stride must be >= 1"),
         (cfg.ingest.max_frames >= 0, "ingest.max_frames must be >= 0 (0 = no limit)"),
-        (cfg.depth.model in DEPTH_MODELS, f"depth.model must be one of {list(DEPTH_MODELS)}"),
+        (cfg.depth.model in MODEL_CHOICES, f"depth.model must be one of {list(MODEL_CHOICES)}"),
         (cfg.depth.long_side_px >= 14, "depth.long_side_px must be >= 14"),
         (cfg.depth.batch_size >= 1, "depth.batch_size must be >= 1"),
         (0 < cfg.fuse.voxel_size_m <= 0.5, "fuse.voxel_size_m must be in (0, 0.5] metres"),

@@ -53,7 +53,7 @@ from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics
-from .images import REDO, read_depth_mm, read_image
+from .images import MM_PER_M, REDO, read_depth_mm, read_image
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
     and extract the surface seen at least FRAGMENT_MIN_WEIGHT times. Unreadable maps are left out."""
     import open3d as o3d
 
-    from .fuse import DEPTH_SCALE, open3d_intrinsics
+    from .fuse import open3d_intrinsics
 
     anchor = int(frames[len(frames) // 2])
     grid = o3d.t.geometry.VoxelBlockGrid(
@@ -232,9 +232,9 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
                                                                                int(table.height[i])), (w, h))))
         extrinsic = o3d.core.Tensor(np.linalg.inv(anchor_from_world @ camera_to_world[i]))  # anchor -> camera i
         depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(depth_mm))
-        blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m,
+        blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, MM_PER_M, cfg.depth_max_m,
                                                        FRAGMENT_TRUNC_VOXELS)
-        grid.integrate(blocks, depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, FRAGMENT_TRUNC_VOXELS)
+        grid.integrate(blocks, depth, K, extrinsic, MM_PER_M, cfg.depth_max_m, FRAGMENT_TRUNC_VOXELS)
     points = np.zeros((0, 3))
     normals = np.zeros((0, 3))
     if grid.hashmap().size() > 0:
