@@ -315,3 +315,11 @@ def test_after_a_real_run_the_page_reads_the_stages_outputs(tmp_path):
     middle = fused_camera_to_world(wd, CaptureTable.load(wd))[2]
     np.testing.assert_allclose(page_data(page)["start"]["eye"], middle[:3, 3])
     np.testing.assert_allclose(page_data(page)["start"]["forward"], middle[:3, 2])
+
+
+def test_mesh_alone_is_enough(tmp_path):
+    """No capture, eval or compare (a mesh.ply from elsewhere): the page fits the whole mesh and says what is
+    missing instead of failing."""
+    write_ply(wall(), WorkDir(tmp_path).mesh("ply"))
+    page = view.run(ViewConfig(), tmp_path).read_text()
+    assert page_data(page)["start"] is None and "No evaluation yet" in page and "<td>3,200</td>" in page
