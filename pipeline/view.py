@@ -47,6 +47,8 @@ STAGE = "view"
 ASSETS = Path(__file__).parent / "viewer_assets"
 """index.html (template), viewer.js and three/ (vendored three.js)."""
 MESH_NAME = "mesh.glb"
+MESH_VERSION = 2
+"""Bumped when the page's mesh or the facts recorded about it change for the same mesh and settings."""
 SCORE_COLUMNS = [({"Prec": "Precision"}.get(h, h), key, scale, fmt)
                  for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
 """(header, key, scale, format) of eval.json's culled / unculled sections, as the compare report shows them."""
@@ -78,7 +80,8 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     if not source.is_file():
         raise PromptmeshError(f"{wd.mesh('ply')}: no mesh to show; run `promptmesh run CAPTURE -o {wd.root}` (or "
                               "`promptmesh mesh WORKDIR`) first")
-    mesh_stamp = fingerprint(f"{STAGE}-mesh", {"cfg": cfg, "source": str(source.relative_to(wd.root))},
+    mesh_stamp = fingerprint(f"{STAGE}-mesh", {"cfg": cfg, "source": str(source.relative_to(wd.root)),
+                                               "version": MESH_VERSION},
                              [source_fingerprint(source)])
     inputs = [wd.eval_json, wd.compare_json, wd.frames_parquet, wd.poses_parquet, Manifest.path_in(wd.capture),
               Manifest.path_in(wd.fuse), Manifest.path_in(wd.export("ar")), ASSETS]

@@ -315,3 +315,23 @@ def test_after_a_real_run_the_page_reads_the_stages_outputs(tmp_path):
     middle = fused_camera_to_world(wd, CaptureTable.load(wd))[2]
     np.testing.assert_allclose(page_data(page)["start"]["eye"], middle[:3, 3])
     np.testing.assert_allclose(page_data(page)["start"]["forward"], middle[:3, 2])
+
+
+def test_mesh_alone_is_enough(tmp_path):
+    """No capture, eval or compare (a mesh.ply from elsewhere): the page fits the whole mesh and says what is
+    missing instead of failing."""
+    write_ply(wall(), WorkDir(tmp_path).mesh("ply"))
+    page = view.run(ViewConfig(), tmp_path).read_text()
+    assert page_data(page)["start"] is None and "No evaluation yet" in page and "<td>3,200</td>" in page
+
+
+@needs_chromium
+def test_chromium_fits_the_whole_mesh_without_a_capture(tmp_path):
+    write_ply(wall(), WorkDir(tmp_path).mesh("ply"))
+    index = view.run(ViewConfig(), tmp_path)
+    png = tmp_path / "shot.png"
+    with serving(index.parent) as base:
+        chromium(base + "index.html", screenshot=png, window_wh=(1000, 700))
+    shot = cv2.imread(str(png))
+    h, w = shot.shape[:2]
+    assert len(np.unique(shot[h // 3:2 * h // 3, w // 3:w // 2].reshape(-1, 3), axis=0)) > 300
