@@ -290,11 +290,6 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
     refined = refine_poses(table, cfg) if cfg.refine_poses else None
     camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
-    if refined is None:
-        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
-    else:
-        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
-                    refined.correction_deg, refined.accepted)
     t_presize = time.perf_counter()
     block_count = block_count or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
     log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
@@ -324,6 +319,11 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
     save_volume(grid, cfg, wd.tsdf)
+    if refined is None:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
+    else:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
+                    refined.correction_deg, refined.accepted)
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,

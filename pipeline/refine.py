@@ -245,6 +245,8 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
         if cloud is not None and "positions" in cloud.point and len(cloud.point.positions) > 0:
             points = cloud.point.positions.numpy().astype(np.float64)
             normals = cloud.point.normals.numpy().astype(np.float64)
+            order = np.lexsort(points.T[::-1])  # Open3D's order depends on its threads; the result must not
+            points, normals = points[order], normals[order]
     return Fragment(np.asarray(frames), anchor, points, normals)
 
 

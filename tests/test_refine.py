@@ -189,6 +189,13 @@ def test_poses_parquet_holds_the_fused_poses_and_the_setting_is_fingerprinted(dr
     assert summary["refine"]["loop_edges_kept"] >= 1 and summary["seconds_refine"] > 0
 
 
+def test_refinement_is_deterministic(drift_runs):
+    table = drift_runs[1, False][4]
+    first = refine.refine_poses(table, PipelineConfig().fuse)
+    second = refine.refine_poses(table, PipelineConfig().fuse)
+    np.testing.assert_array_equal(first.camera_to_world, second.camera_to_world)  # Open3D's point order is not
+
+
 def test_diverging_alignments_keep_the_capture_poses_with_warnings(drift_runs, monkeypatch, caplog):
     table = drift_runs[1, False][4]
     cfg = PipelineConfig().fuse
