@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_type_hints
 
+from .depth_models import MODEL_CHOICES
 from .errors import PromptmeshError
 
-DEPTH_MODELS = ("auto", "lidar", "guided", "promptda-vits", "promptda-vits-transparent", "promptda-vitl")
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
@@ -36,12 +36,14 @@ class IngestConfig:
     all_frames: bool = False
     """Keep every frame (after stride windows and blur rejection) instead of selecting keyframes."""
     keyframe_translation_depth_ratio: float = 0.04
-    """A frame is a keyframe when its camera centre is at least this far from every recent keyframe's, in
-    metres per metre of the median LiDAR depth it looks at (0.04 = 8 cm at 2 m, 1.2 cm at 0.3 m), ..."""
+    """A frame is a keyframe when its camera centre is at least this far from every recent keyframe's (or it
+    turned, or it sees new surface), in metres per metre of the median LiDAR depth it looks at (0.04 = 8 cm at
+    2 m, 1.2 cm at 0.3 m)."""
     keyframe_rotation_deg: float = 10.0
-    """... or (against every recent keyframe) its orientation differs by at least this many degrees, ..."""
+    """A frame whose orientation differs from every recent keyframe's by at least this many degrees is a
+    keyframe."""
     keyframe_min_overlap_ratio: float = 0.85
-    """... or less than this fraction of its LiDAR footprint was seen by the recent keyframes (0 = off)."""
+    """A frame of whose LiDAR footprint the recent keyframes saw less than this fraction is a keyframe (0 = off)."""
     keyframe_recent_count: int = 5
     """Number of most recent keyframes a frame is compared with."""
     keyframe_neighbourhood_frames: int = 6
@@ -52,8 +54,8 @@ class IngestConfig:
 @dataclass(frozen=True)
 class DepthConfig:
     model: str = "auto"
-    """One of auto, lidar, guided, promptda-vits, promptda-vits-transparent, promptda-vitl. auto = PromptDA
-    (vits) when its weights are available offline, else guided."""
+    """A model of pipeline/depth_models.py (lidar, guided, promptda-vits, promptda-vits-transparent,
+    promptda-vitl) or auto = promptda-vits when its weights are available offline, else guided."""
     weights: str = ""
     """PromptDA checkpoint: a local model.ckpt, a folder holding it, or a Hugging Face repo id ('' = the
     official repo of the model, from the local Hugging Face cache)."""
@@ -98,11 +100,11 @@ class FuseConfig:
     block_resolution: int = 8
     """Voxels per block edge in Open3D's VoxelBlockGrid."""
     refine_poses: bool = True
-    """Correct ARKit's slow pose drift before fusing (a keyframe pose graph: ARKit's relative motion plus ICP
-    alignments of LiDAR point clouds between frames that see the same surfaces again; pipeline/refine.py)."""
+    """Correct ARKit's slow pose drift before fusing (a pose graph: ARKit's relative motion between fragments of
+    the walk fused from the LiDAR, plus ICP alignments of fragments that see the same surfaces again;
+    pipeline/refine.py)."""
     refine_voxel_m: float = 0.03
-    """LiDAR point clouds are downsampled to this voxel edge for alignment (and twice it for the coarse level),
-    metres."""
+    """Voxel edge of the TSDF fragments that refinement fuses from the LiDAR and aligns, metres."""
     refine_max_correction_m: float = 0.3
     """Largest plausible correction of a camera centre, metres: an alignment or a refined pose moving further
     is treated as diverged (the pose keeps ARKit's, with a warning)."""
@@ -241,7 +243,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (0 <= cfg.ingest.keyframe_min_overlap_ratio <= 1, "ingest.keyframe_min_overlap_ratio must be in [0, 1]"),
         (cfg.ingest.keyframe_recent_count >= 1 and cfg.ingest.keyframe_neighbourhood_frames >= 1,
          "ingest.keyframe_recent_count and keyframe_neighbourhood_frames must be >= 1"),
-        (cfg.depth.model in DEPTH_MODELS, f"depth.model must be one of {list(DEPTH_MODELS)}"),
+        (cfg.depth.model in MODEL_CHOICES, f"depth.model must be one of {list(MODEL_CHOICES)}"),
         (cfg.depth.long_side_px >= 14, "depth.long_side_px must be >= 14"),
         (cfg.depth.batch_size >= 1, "depth.batch_size must be >= 1"),
         (0 <= cfg.fuse.voxel_size_m <= 0.5, "fuse.voxel_size_m must be in [0, 0.5] metres (0 = automatic)"),
