@@ -228,7 +228,7 @@ def scene_depth_m(table: CaptureTable) -> float:
             continue
         valid = depth_mm[::2, ::2][depth_mm[::2, ::2] > 0]
         if valid.size:
-            medians.append(float(np.median(valid)) / DEPTH_SCALE)
+            medians.append(float(np.median(valid)) / MM_PER_M)
     return float(np.median(medians)) if medians else math.nan
 
 
