@@ -37,7 +37,7 @@ import numpy as np
 from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, file_sha256,
                         fingerprint, is_current, upstream_fingerprint)
 from .config import PipelineConfig, validate
-from .depth_models import DEPTH_MODELS
+from .report import TABLE_COLUMNS, results_table
 from .errors import PromptmeshError
 from .workdir import WorkDir, WorkDirLike
 
@@ -224,8 +224,9 @@ def finished(job: SceneJob) -> Optional[dict]:
 def run_scene(job: SceneJob) -> dict:
     """ingest -> per model: depth -> (fuse -> mesh -> eval [-> Table 2 eval]) | depth metrics; returns and
     stores {"scene", "models": {model: eval dict}, "skipped": {model: why}, "seconds", "fingerprint"}."""
-    from . import depth, evaluate, fuse, ingest, mesh
+    from . import evaluate, ingest
     from .capture import CaptureTable
+    from .runner import run_models
 
     done = finished(job)
     if done is not None:
@@ -233,33 +234,23 @@ def run_scene(job: SceneJob) -> dict:
     t0 = time.perf_counter()
     cfg = job.cfg
     results: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
     with WorkdirLock(job.workdir):
         ingest.run(cfg.ingest, job.scene_dir, job.workdir, force=job.force, reader=job.reader)
-        for model in job.models:
-            try:
-                depth.run(dataclasses.replace(cfg.depth, model=model), job.workdir, force=job.force)
-            except PromptmeshError as e:
-                if not DEPTH_MODELS[model].needs_weights:
-                    raise
-                log.warning("benchmark %s: %s skipped: %s", job.scene_id, model, e)
-                skipped[model] = str(e)
-                continue
+        # without a GT mesh (ARKitScenes) only the depth maps are scored: no fusion
+        runs, skipped = run_models(cfg, job.workdir, list(job.models), job.gt_mesh, job.force,
+                                   through_fusion=job.gt_mesh is not None)
+        for model, done in runs.items():
             if job.gt_mesh is None:
                 sums = evaluate.depth_errors(job.workdir, CaptureTable.load(job.workdir), model)
                 if sums is None:
                     raise PromptmeshError(f"{job.scene_dir}: neither a GT mesh nor GT depth to evaluate against")
                 results[model] = {"depth": sums.metrics()}
                 continue
-            out = job.workdir.compare_model(model)
-            fuse.run(cfg.fuse, out, depth_model=model, force=job.force)
-            mesh.run(cfg.mesh, out, force=job.force)
-            report = json.loads(evaluate.run(cfg.eval, out, gt_mesh=job.gt_mesh, force=job.force).read_text())
+            report = json.loads(done.eval_path.read_text())
             if job.protocol == "promptda-table2":
-                report["table2"] = json.loads(run_table2_eval(job.table2, out, job.gt_mesh, job.force).read_text())
+                report["table2"] = json.loads(run_table2_eval(job.table2, done.workdir, job.gt_mesh,
+                                                              job.force).read_text())
             results[model] = report
-    if not results:
-        raise PromptmeshError(f"{job.scene_dir}: no depth model could run ({skipped}); add lidar or guided")
     result = {"scene": job.scene_id, "models": results, "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 2),
               "fingerprint": fingerprint("benchmark-scene", job.settings())}
@@ -383,8 +374,6 @@ def _existing(path: Optional[Path]) -> Optional[Path]:
 def table_columns(protocol: str) -> list[tuple]:
     """(header, section, key, scale, format) columns: depth metrics, then Acc/Comp/Prec/Recall/F of the
     protocol (culled surface samples by default; mesh vertices for Table 2)."""
-    from .compare import TABLE_COLUMNS
-
     mesh_section = "table2" if protocol == "promptda-table2" else "culled"
     return [(h, mesh_section if s == "culled" else s, k, sc, f) for h, s, k, sc, f in TABLE_COLUMNS
             if s != "unculled" or protocol == "default"]
@@ -406,15 +395,9 @@ def mean_over_scenes(results: dict[str, dict], models: list[str]) -> dict[str, d
     return mean
 
 
-def _row(values: dict, cols: list[tuple]) -> list[str]:
-    return [c[4].format(values[c[1]][c[2]] * c[3]) if c[2] in values.get(c[1], {}) else "–" for c in cols]
-
-
 def markdown(results: dict[str, dict], mean: dict[str, dict], failed: dict[str, str], dataset: str,
              protocol: str, cfg: PipelineConfig, chart: Optional[Path]) -> str:
     cols = [c for c in table_columns(protocol) if any(c[1] in m for m in mean.values())]
-    head = "| " + " | ".join(c[0] for c in cols) + " |"
-    rule = "|---" * len(cols) + "|"
     mesh = ("mesh vertices, GT uncropped and unculled, prediction cropped to the GT box ± 0.1 m"
             if protocol == "promptda-table2" else "surface samples, GT culled to what the cameras saw")
     lines = [f"# Benchmark: {dataset}, protocol {protocol}", "",
@@ -424,13 +407,11 @@ def markdown(results: dict[str, dict], mean: dict[str, dict], failed: dict[str, 
              f"depth {cfg.fuse.depth_min_m:g}-{cfg.fuse.depth_max_m:g} m. Mesh metrics: {mesh}; both downsampled at "
              f"{cfg.eval.downsample_m * 100:g} cm, threshold {cfg.eval.threshold_m * 100:g} cm. Means are over "
              "scenes (each scene weighs the same).", "",
-             "## Mean over scenes", "", "| model | scenes " + head, "|---|---" + rule]
-    for model, m in mean.items():
-        lines.append(f"| {model} | {m['n_scenes']} | " + " | ".join(_row(m, cols)) + " |")
-    lines += ["", "## Per scene", "", "| scene | model " + head, "|---|---" + rule]
-    for sid, r in results.items():
-        for model, ev in r["models"].items():
-            lines.append(f"| {sid} | {model} | " + " | ".join(_row(ev, cols)) + " |")
+             "## Mean over scenes", "",
+             *results_table([((model, str(m["n_scenes"])), m) for model, m in mean.items()], cols, ("model", "scenes")),
+             "", "## Per scene", "",
+             *results_table([((sid, model), ev) for sid, r in results.items() for model, ev in r["models"].items()],
+                            cols, ("scene", "model"))]
     skipped = {(sid, m): why for sid, r in results.items() for m, why in r.get("skipped", {}).items()}
     if skipped or failed:
         lines += ["", "## Not evaluated", ""]

@@ -237,9 +237,10 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     curve = {"thresholds_m": list(CURVE_THRESHOLDS_M), "culled": culled_curve, "unculled": unculled_curve,
              "culling": {"cameras": n_cameras, "gt_seen_fraction": float(gt_seen.mean()),
                          "pred_kept_fraction": float(pred_kept.mean())}}
-    fuse_manifest = Manifest.read(wd.fuse)
-    depth_model = fuse_manifest.settings.get("depth_model") if fuse_manifest else None
+    depth_model = Manifest.read(wd.fuse).handoff.get("depth_model")  # fuse's manifest: the maps it fused
     depth_sums = depth_errors(wd, table, depth_model) if depth_model else None
+    if depth_sums is not None:
+        log.info("eval: depth metrics of depth/%s (the maps fusion used, from its manifest)", depth_model)
     if depth_sums is not None:
         report["depth"] = depth_sums.metrics()
         curve["depth"] = {"depth_model": depth_model, "pixels": depth_sums.n_pixels,
