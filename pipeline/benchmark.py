@@ -11,7 +11,7 @@ Results: OUT/benchmark.json (per scene, per model, and the mean over scenes), OU
 laid out like Table 2 of the PromptDA paper, then per-scene tables) and OUT/benchmark.png.
 
 Protocols (docs/benchmark_protocols.md):
-- "default": ours (CONTRACTS §3): surface samples, culled and unculled; the table shows the culled numbers.
+- "default": ours (docs/contracts.md): surface samples, culled and unculled; the table shows the culled numbers.
 - "promptda-table2": PromptDA (CVPR 2025, arXiv 2412.14015v2) Table 2: depth at 1008x756, TSDF voxel 2 cm,
   truncation 0.15 m, depth cut at 5 m and no minimum; mesh *vertices*, GT uncropped and unculled, prediction
   cropped to the GT bounding box +- 0.1 m, both voxel-downsampled at 2 cm, threshold 5 cm, averaged per scene;

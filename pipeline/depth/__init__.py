@@ -64,7 +64,7 @@ PREFETCH_FRAMES = 4
 """Frames read ahead of the model, and depth maps waiting to be written, at most (bounds memory)."""
 FRAME_WORKERS = 2
 """Threads predicting whole frames for models with `frames_in_parallel`; each holds one frame's working
-arrays. Two keep both cores of the reference machine (2 cores) busy: guided 169 -> 89 ms/frame."""
+arrays. Two keep both cores of the reference machine (2 cores) busy (docs/benchmarks.md measures the gain)."""
 
 
 class DepthModel(Protocol):
