@@ -130,6 +130,19 @@ def build(name: str, cfg: DepthConfig, depth_root: Path) -> DepthModel:
     return getattr(importlib.import_module(module), cls).build(spec, cfg, Path(depth_root))
 
 
+def produced_model(workdir: WorkDirLike) -> str:
+    """The model whose depth maps the depth stage finished last in this work directory (what `promptmesh fuse`
+    fuses when no model is named), or a PromptmeshError saying to run the depth stage."""
+    wd = WorkDir(workdir)
+    finished = [(Manifest.path_in(d).stat().st_mtime_ns, d.name) for d in sorted(wd.depth_root.glob("*"))
+                if d.name in DEPTH_MODELS and Manifest.read(d) is not None]
+    if not finished:
+        raise PromptmeshError(f"{wd.depth_root}: no finished depth maps; run `promptmesh depth {wd.root}` first")
+    name = max(finished)[1]
+    log.info("depth model auto: %s (the depth maps the depth stage wrote last)", name)
+    return name
+
+
 def resolve_model_name(cfg: DepthConfig) -> str:
     """cfg.model, with "auto" -> AUTO_PREFERRED when its weights are available offline, else AUTO_FALLBACK."""
     if cfg.model != AUTO:
