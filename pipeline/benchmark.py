@@ -39,6 +39,7 @@ from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json,
 from .config import PipelineConfig, validate
 from .report import TABLE_COLUMNS, results_table
 from .errors import PromptmeshError
+from .metrics import table2_metrics
 from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
@@ -92,35 +93,6 @@ class Table2Eval:
     cleanup uses 50)."""
 
 
-def largest_clusters(vertices: np.ndarray, triangles: np.ndarray, n: int) -> np.ndarray:
-    """Vertices used by the `n` largest edge-connected triangle clusters (Open3D), (V,3) -> (V',3)."""
-    import open3d as o3d
-
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices),
-                                     o3d.utility.Vector3iVector(np.asarray(triangles, np.int32)))
-    labels, counts, _ = mesh.cluster_connected_triangles()
-    labels, counts = np.asarray(labels), np.asarray(counts)
-    keep = np.argsort(counts)[::-1][:n]
-    return vertices[np.unique(np.asarray(triangles)[np.isin(labels, keep)])]
-
-
-def table2_metrics(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
-                   ev: Table2Eval) -> dict:
-    """Acc/Comp/Prec/Recall/F between mesh vertices the PromptDA way (GT uncropped, prediction cropped to the
-    GT box +- margin, both voxel-downsampled). Zero scores when no predicted vertex is left."""
-    from .metrics import mesh_metrics, voxel_downsample
-
-    pred = (largest_clusters(pred_vertices, pred_triangles, ev.keep_largest_clusters)
-            if ev.keep_largest_clusters > 0 else np.asarray(pred_vertices, np.float64))
-    lo, hi = gt_vertices.min(0) - ev.crop_margin_m, gt_vertices.max(0) + ev.crop_margin_m
-    pred = pred[np.all((pred >= lo) & (pred <= hi), axis=1)]
-    if len(pred) == 0:
-        return {"accuracy_m": float("inf"), "completeness_m": float("inf"), "precision": 0.0, "recall": 0.0,
-                "fscore": 0.0}
-    return mesh_metrics(voxel_downsample(pred, ev.downsample_m), voxel_downsample(gt_vertices, ev.downsample_m),
-                        ev.threshold_m)
-
-
 def run_table2_eval(ev: Table2Eval, workdir: WorkDirLike, gt_mesh: Path, force: bool = False) -> Path:
     """OUT/mesh.ply against `gt_mesh` with `table2_metrics` -> OUT/eval_table2.json (cached like a stage)."""
     from .evaluate import load_mesh
@@ -134,9 +106,11 @@ def run_table2_eval(ev: Table2Eval, workdir: WorkDirLike, gt_mesh: Path, force: 
     t0 = time.perf_counter()
     gt_vertices, _ = load_mesh(gt_mesh, "ground-truth mesh")
     pred_vertices, pred_triangles = load_mesh(wd.mesh("ply"), "predicted mesh")
+    scores = table2_metrics(pred_vertices, pred_triangles, gt_vertices, ev.threshold_m, ev.downsample_m,
+                            ev.crop_margin_m, ev.keep_largest_clusters)
     report = {"threshold_m": ev.threshold_m, "downsample_m": ev.downsample_m, "crop_margin_m": ev.crop_margin_m,
               "keep_largest_clusters": ev.keep_largest_clusters,
-              **table2_metrics(pred_vertices, pred_triangles, gt_vertices, ev)}
+              **scores}
     atomic_write_json(out, report)
     Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings={"ev": ev},
              summary={"seconds": round(time.perf_counter() - t0, 3)}).write(stage_dir)
