@@ -36,7 +36,7 @@ import numpy as np
 
 from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, file_sha256,
                         fingerprint, is_current, upstream_fingerprint)
-from .config import PipelineConfig, validate
+from .config import PipelineConfig, apply_toml, read_toml, validate
 from .report import TABLE_COLUMNS, results_table
 from .errors import PromptmeshError
 from .metrics import table2_metrics
@@ -45,6 +45,8 @@ from .workdir import WorkDir, WorkDirLike
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("default", "promptda-table2")
+PROTOCOL_DIR = Path(__file__).parent / "protocols"
+"""<protocol>.toml: the settings each protocol but "default" fixes."""
 
 SCENE_LISTS: dict[str, tuple[str, ...]] = {
     # PromptDA Table 2: ScanNet++ nvs_sem_val scenes used by the authors' evaluation
@@ -58,23 +60,21 @@ SCENE_LISTS["promptda-table2-ext"] = SCENE_LISTS["promptda-table2"] + ("31a2c91c
 
 # ----------------------------------------------------------------------------- protocols
 def apply_protocol(cfg: PipelineConfig, protocol: str, voxel_size_m: Optional[float] = None) -> PipelineConfig:
-    """The pipeline settings a protocol fixes (options given by the user are applied after this).
-
-    `voxel_size_m` replaces the protocol's TSDF voxel; the truncation stays the protocol's in metres.
-    """
+    """The pipeline settings a protocol fixes: the stage tables of pipeline/protocols/<protocol>.toml (options
+    given by the user are applied after this). Its [protocol] truncation_m is the TSDF truncation in metres,
+    kept when `voxel_size_m` replaces the protocol's voxel."""
     if protocol == "default":
         return cfg
-    if protocol != "promptda-table2":
+    if protocol not in PROTOCOLS:
         raise PromptmeshError(f"--protocol {protocol!r}: choose one of {list(PROTOCOLS)}")
-    r = dataclasses.replace
-    voxel_m = voxel_size_m or 0.02
-    cfg = r(cfg,
-            depth=r(cfg.depth, long_side_px=1008),  # 1920x1440 -> 1008x756; lidar = bilinear to the same size
-            fuse=r(cfg.fuse, voxel_size_m=voxel_m, sdf_trunc_voxels=0.15 / voxel_m, depth_min_m=0.0,
-                   depth_max_m=5.0, min_confidence=0),
-            mesh=r(cfg.mesh, min_component_triangles=0),
-            eval=r(cfg.eval, threshold_m=0.05, downsample_m=0.02))
-    validate(cfg, "--protocol promptda-table2")
+    path = PROTOCOL_DIR / f"{protocol}.toml"
+    data = read_toml(path)
+    truncation_m = data.pop("protocol")["truncation_m"]
+    cfg = apply_toml(cfg, path, data)
+    voxel_m = voxel_size_m or cfg.fuse.voxel_size_m
+    cfg = dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, voxel_size_m=voxel_m,
+                                                            sdf_trunc_voxels=truncation_m / voxel_m))
+    validate(cfg, f"--protocol {protocol}")
     return cfg
 
 

@@ -164,3 +164,14 @@ def test_protocol_preset_and_scene_lists(snpp_root):
     with pytest.raises(PromptmeshError, match="scenes not found: \\['09c1414f1b'"):
         benchmark.select_scenes(snpp_root, "scannetpp", ["promptda-table2"])
     assert list(benchmark.select_scenes(snpp_root, "scannetpp", [SCENES[2], SCENES[0]])) == [SCENES[2], SCENES[0]]
+
+
+def test_table2_protocol_preset_settings():
+    cfg = benchmark.apply_protocol(PipelineConfig(), "promptda-table2")  # pipeline/protocols/promptda-table2.toml
+    assert (cfg.depth.long_side_px, cfg.fuse.voxel_size_m, cfg.fuse.depth_min_m, cfg.fuse.depth_max_m,
+            cfg.fuse.min_confidence, cfg.mesh.min_component_triangles, cfg.eval.threshold_m,
+            cfg.eval.downsample_m) == (1008, 0.02, 0.0, 5.0, 0, 0, 0.05, 0.02)
+    assert cfg.fuse.sdf_trunc_voxels * cfg.fuse.voxel_size_m == pytest.approx(0.15)
+    coarse = benchmark.apply_protocol(PipelineConfig(), "promptda-table2", voxel_size_m=0.05)
+    assert coarse.fuse.voxel_size_m == 0.05 and coarse.fuse.sdf_trunc_voxels * 0.05 == pytest.approx(0.15)
+    assert benchmark.apply_protocol(PipelineConfig(), "default") == PipelineConfig()
