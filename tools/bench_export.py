@@ -63,6 +63,7 @@ def atlas_timings(workdir: Path, n_triangles: int, size_px: int, repeats: int) -
     """Seconds of build_atlas and of Open3D's compute_uvatlas on mesh.ply decimated to n_triangles."""
     import open3d as o3d
 
+    from pipeline.config import ExportConfig
     from pipeline.export.texture import build_atlas
     from pipeline.mesh import decimate, read_ply
     from pipeline.workdir import WorkDir
@@ -73,7 +74,7 @@ def atlas_timings(workdir: Path, n_triangles: int, size_px: int, repeats: int) -
         for name in (("ours", "open3d") if r % 2 == 0 else ("open3d", "ours")):
             t0 = time.perf_counter()
             if name == "ours":
-                build_atlas(light.vertices, light.triangles, size_px, 4)
+                build_atlas(light.vertices, light.triangles, size_px, ExportConfig().padding_px)
             else:
                 m = o3d.t.geometry.TriangleMesh(o3d.core.Tensor(light.vertices.astype(np.float32)),
                                                 o3d.core.Tensor(light.triangles.astype(np.int64)))
