@@ -75,17 +75,18 @@ def face_normals(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarra
     return cross / np.maximum(length, 1e-30)[:, None], 0.5 * length
 
 
-def axis_charts(vertices: np.ndarray, triangles: np.ndarray, smoothing_iterations: int = SMOOTHING_ITERATIONS
-                ) -> tuple[np.ndarray, np.ndarray]:
+def axis_charts(vertices: np.ndarray, triangles: np.ndarray, smoothing_iterations: int = SMOOTHING_ITERATIONS,
+                normals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """((T,) chart label, (T,) axis 0..5 = +x +y +z -x -y -z): triangles sharing an edge and their axis are in
     one chart.
 
-    A triangle's axis starts as the dominant one of its normal; then, `smoothing_iterations` times, each
+    A triangle's axis starts as the dominant one of its normal (or of `normals`, (T,3) unit, e.g. the
+    surface's before decimation); then, `smoothing_iterations` times, each
     triangle takes the axis most common among itself and its edge neighbours, among the axes its normal
     faces by more than MIN_AXIS_COS (so its projection keeps some area). This stops a noisy surface near 45
     degrees from shattering into single-triangle charts.
     """
-    n, _ = face_normals(vertices, triangles)
+    n = face_normals(vertices, triangles)[0] if normals is None else normals
     facing = np.concatenate([n, -n], 1)  # (T,6) cosine to each axis
     axis6 = np.argmax(facing, 1)
     n_tri = len(triangles)
@@ -220,7 +221,7 @@ def rasterize(corner_px: np.ndarray, size_px: int, inside_eps: float = 1e-4
         with np.errstate(divide="ignore", invalid="ignore"):
             w1 = (d[:, 0] * e2[:, 1] - d[:, 1] * e2[:, 0]) / det
             w2 = (e1[:, 0] * d[:, 1] - e1[:, 1] * d[:, 0]) / det
-        w0 = 1 - w1 - w2
+            w0 = 1 - w1 - w2
         bary = np.stack([w0, w1, w2], 1)
         inside = np.isfinite(det) & (np.abs(det) > 1e-12) & (bary >= -inside_eps).all(1)
         out[0].append(row[inside] * size_px + col[inside])
@@ -233,11 +234,13 @@ def rasterize(corner_px: np.ndarray, size_px: int, inside_eps: float = 1e-4
     return tuple(np.concatenate(part) for part in out)
 
 
-def build_atlas(vertices: np.ndarray, triangles: np.ndarray, size_px: int, padding_px: int) -> Atlas:
-    """Chart, pack and rasterise (see the module docstring)."""
+def build_atlas(vertices: np.ndarray, triangles: np.ndarray, size_px: int, padding_px: int,
+                normals: np.ndarray | None = None) -> Atlas:
+    """Chart, pack and rasterise (see the module docstring); `normals` (T,3) choose the charts' axes instead
+    of the triangles' own normals (see axis_charts)."""
     vertices = np.asarray(vertices, np.float64)
     triangles = np.asarray(triangles, np.int64)
-    label, axis6 = axis_charts(vertices, triangles)
+    label, axis6 = axis_charts(vertices, triangles, normals=normals)
     plane = _plane_coordinates(vertices[triangles], axis6)
     _, area = face_normals(vertices, triangles)
     ideal_scale = size_px / math.sqrt(max(area.sum(), 1e-12))  # texels per metre if the atlas were full
