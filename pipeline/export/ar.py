@@ -4,8 +4,9 @@
     mesh.usdz   USD zip, texture embedded (AR Quick Look, Reality Composer on iOS)
     mesh.obj    Wavefront OBJ + mesh.mtl + texture.jpg (any 3D tool)
 
-The mesh is WORKDIR/mesh.ply decimated to `target_triangles` (quadric), UV-unwrapped and textured from the
-kept RGB frames (see `texture.py`). Coordinates: the capture's world, metres, Y up (ARKit's gravity-aligned
+The mesh is WORKDIR/mesh.ply decimated to `target_triangles` (quadric), its triangles re-wound to face like
+the full mesh's surface (the decimation flips some), UV-unwrapped and textured from the kept RGB frames at
+their fused poses (see `texture.py`). Coordinates: the capture's world, metres, Y up (ARKit's gravity-aligned
 world; glTF is Y up; USD gets upAxis = Y, metersPerUnit = 1), so the export overlays the frames and the full
 mesh. `recenter` translates it (no rotation) so that the floor is at y = 0 and the floor plan's centre at the
 origin; the translation is recorded in manifest.json.
