@@ -37,6 +37,7 @@ import numpy as np
 from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, file_sha256,
                         fingerprint, is_current, upstream_fingerprint)
 from .config import PipelineConfig, validate
+from .depth_models import DEPTH_MODELS
 from .errors import PromptmeshError
 from .workdir import WorkDir, WorkDirLike
 
@@ -239,7 +240,7 @@ def run_scene(job: SceneJob) -> dict:
             try:
                 depth.run(dataclasses.replace(cfg.depth, model=model), job.workdir, force=job.force)
             except PromptmeshError as e:
-                if not model.startswith("promptda"):
+                if not DEPTH_MODELS[model].needs_weights:
                     raise
                 log.warning("benchmark %s: %s skipped: %s", job.scene_id, model, e)
                 skipped[model] = str(e)

@@ -22,6 +22,7 @@ from . import depth, evaluate, fuse, ingest, mesh
 from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_write_text
 from .capture import CaptureTable
 from .config import PipelineConfig
+from .depth_models import DEPTH_MODELS
 from .errors import PromptmeshError
 from .images import REDO, read_depth_m, read_image
 from .workdir import WorkDir, WorkDirLike
@@ -59,7 +60,7 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Path,
             try:
                 depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force)
             except PromptmeshError as e:
-                if not model.startswith("promptda"):
+                if not DEPTH_MODELS[model].needs_weights:
                     raise
                 log.warning("compare: %s skipped: %s", model, e)
                 skipped[model] = str(e)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, get_args, get_type_hints
 
+from .depth_models import MODEL_CHOICES
 from .errors import PromptmeshError
 
-DEPTH_MODELS = ("auto", "lidar", "guided", "promptda-vits", "promptda-vits-transparent", "promptda-vitl")
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
 
@@ -38,8 +38,8 @@ class IngestConfig:
 @dataclass(frozen=True)
 class DepthConfig:
     model: str = "auto"
-    """One of auto, lidar, guided, promptda-vits, promptda-vits-transparent, promptda-vitl. auto = PromptDA
-    (vits) when its weights are available offline, else guided."""
+    """A model of pipeline/depth_models.py (lidar, guided, promptda-vits, promptda-vits-transparent,
+    promptda-vitl) or auto = promptda-vits when its weights are available offline, else guided."""
     weights: str = ""
     """PromptDA checkpoint: a local model.ckpt, a folder holding it, or a Hugging Face repo id ('' = the
     official repo of the model, from the local Hugging Face cache)."""
@@ -75,11 +75,11 @@ class FuseConfig:
     block_resolution: int = 8
     """Voxels per block edge in Open3D's VoxelBlockGrid."""
     refine_poses: bool = True
-    """Correct ARKit's slow pose drift before fusing (a keyframe pose graph: ARKit's relative motion plus ICP
-    alignments of LiDAR point clouds between frames that see the same surfaces again; pipeline/refine.py)."""
+    """Correct ARKit's slow pose drift before fusing (a pose graph: ARKit's relative motion between fragments of
+    the walk fused from the LiDAR, plus ICP alignments of fragments that see the same surfaces again;
+    pipeline/refine.py)."""
     refine_voxel_m: float = 0.03
-    """LiDAR point clouds are downsampled to this voxel edge for alignment (and twice it for the coarse level),
-    metres."""
+    """Voxel edge of the TSDF fragments that refinement fuses from the LiDAR and aligns, metres."""
     refine_max_correction_m: float = 0.3
     """Largest plausible correction of a camera centre, metres: an alignment or a refined pose moving further
     is treated as diverged (the pose keeps ARKit's, with a warning)."""
@@ -213,7 +213,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
     checks = [
         (cfg.ingest.stride >= 1, "ingest.stride must be >= 1"),
         (cfg.ingest.max_frames >= 0, "ingest.max_frames must be >= 0 (0 = no limit)"),
-        (cfg.depth.model in DEPTH_MODELS, f"depth.model must be one of {list(DEPTH_MODELS)}"),
+        (cfg.depth.model in MODEL_CHOICES, f"depth.model must be one of {list(MODEL_CHOICES)}"),
         (cfg.depth.long_side_px >= 14, "depth.long_side_px must be >= 14"),
         (cfg.depth.batch_size >= 1, "depth.batch_size must be >= 1"),
         (0 < cfg.fuse.voxel_size_m <= 0.5, "fuse.voxel_size_m must be in (0, 0.5] metres"),

@@ -127,7 +127,7 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
                table: CaptureTable, camera_to_world: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """(GT points seen by some camera, predicted points not hidden from every camera, cameras used).
 
-    camera_to_world: (N,4,4) the poses the frames of `table` were fused with (`poses.fused_camera_to_world`).
+    camera_to_world: (N,4,4) the poses `table`'s frames were fused with (`poses.fused_camera_to_world`).
     See the module docstring for the rules.
     """
     import open3d as o3d

@@ -58,7 +58,7 @@ from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
-from .images import REDO, read_depth_mm, read_image
+from .images import MM_PER_M, REDO, read_depth_mm, read_image
 from .poses import write_poses
 from .refine import refine_poses
 from .streams import prefetch
@@ -69,8 +69,6 @@ log = logging.getLogger(__name__)
 STAGE = "fuse"
 VOLUME_FORMAT = 2
 """Version of the saved volume's layout (module docstring); part of the fingerprint, so older files are redone."""
-DEPTH_SCALE = 1000.0
-"""Depth PNG units per metre (uint16 millimetres)."""
 PREFETCH_FRAMES = 4
 """Decoded frames waiting for integration at most (bounds memory)."""
 PREFETCH_WORKERS = 2
@@ -127,8 +125,8 @@ def mask_depth_mm(depth_mm: np.ndarray, confidence: Optional[np.ndarray], cfg: F
     None (no confidence: keep all). Returns a new (h,w) uint16 array.
     """
     d = np.asarray(depth_mm, np.uint16)
-    lowest_mm = max(0, math.ceil(cfg.depth_min_m * DEPTH_SCALE))  # d >= min <=> d >= ceil(min) for integers
-    highest_mm = min(65535, math.floor(cfg.depth_max_m * DEPTH_SCALE))
+    lowest_mm = max(0, math.ceil(cfg.depth_min_m * MM_PER_M))  # d >= min <=> d >= ceil(min) for integers
+    highest_mm = min(65535, math.floor(cfg.depth_max_m * MM_PER_M))
     keep = cv2.inRange(d, lowest_mm, highest_mm)  # 255 = keep (OpenCV: ~10x faster than numpy masks here)
     if confidence is not None and cfg.min_confidence > 0:
         keep = cv2.bitwise_and(keep, cv2.inRange(confidence, cfg.min_confidence, 255))
@@ -209,8 +207,8 @@ def integrate_frame(grid, frame: PreparedFrame, world_to_camera: np.ndarray, cfg
     K_color = o3d.core.Tensor(open3d_intrinsics(frame.K_color))
     extrinsic = o3d.core.Tensor(np.ascontiguousarray(world_to_camera, np.float64))
     trunc_voxels = float(cfg.sdf_trunc_voxels)
-    blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
-    grid.integrate(blocks, depth, color, K, K_color, extrinsic, DEPTH_SCALE, cfg.depth_max_m, trunc_voxels)
+    blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, MM_PER_M, cfg.depth_max_m, trunc_voxels)
+    grid.integrate(blocks, depth, color, K, K_color, extrinsic, MM_PER_M, cfg.depth_max_m, trunc_voxels)
     return True
 
 
@@ -241,7 +239,7 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
         stride = max(1, w // samples_per_row)
         K = scale_intrinsics(table.K_rgb[i], (int(table.width[i]), int(table.height[i])), (w, h))
         v, u = np.mgrid[0:h:stride, 0:w:stride]
-        z = depth_mm[v, u].astype(np.float64) / DEPTH_SCALE
+        z = depth_mm[v, u].astype(np.float64) / MM_PER_M
         ok = (z >= cfg.depth_min_m) & (z <= cfg.depth_max_m) & (z > 0)
         u, v, z = u[ok], v[ok], z[ok]
         rays = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(z)], -1)
@@ -292,11 +290,6 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
     refined = refine_poses(table, cfg) if cfg.refine_poses else None
     camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
-    if refined is None:
-        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
-    else:
-        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
-                    refined.correction_deg, refined.accepted)
     t_presize = time.perf_counter()
     block_count = block_count or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
     log.info("fuse: %d frames of depth/%s on %s; voxel %.1f cm, trunc %.1f cm, depth %.2f-%.1f m, min confidence "
@@ -326,6 +319,11 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
     save_volume(grid, cfg, wd.tsdf)
+    if refined is None:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
+    else:
+        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
+                    refined.correction_deg, refined.accepted)
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
              summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,

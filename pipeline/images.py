@@ -1,5 +1,7 @@
-"""Image files: depth maps as 16-bit PNG (uint16 millimetres, 0 = invalid) with libdeflate, and OpenCV decoding
-that reports failure as None or a one-line error, never a traceback.
+"""Image files: the depth-map codec (uint16 millimetres in 16-bit PNG, 0 = invalid; `MM_PER_M`, `depth_m_to_mm`,
+`depth_mm_to_m`) with libdeflate, and OpenCV decoding that reports failure as None or a one-line error, never a
+traceback. This is the one read-or-raise layer: capture readers and stages alike read files through `read_bytes`,
+`decode_png_as`, `read_image` and `read_depth_mm`, passing the `fix` their users should be told.
 
 Depth maps are ordinary PNGs (one IHDR, one IDAT, IEND; every row filtered with Sub), so any PNG reader opens
 them. libdeflate compresses and inflates about twice as fast as the zlib that OpenCV's libpng uses, and at
@@ -9,7 +11,8 @@ of maps. `decode_png` takes the fast path for any non-interlaced 16-bit greyscal
 or Sub filter (OpenCV writes those too) and hands everything else to OpenCV (`decode_image`).
 
 Byte-level functions (`encode_depth_png`, `decode_png`, `decode_image`) are kept apart from the file helpers
-(`read_depth_mm`, `read_image`), which turn every failure into a one-line error naming the file and the fix.
+(`read_bytes`, `read_depth_mm`, `read_image`), which turn every failure into a one-line error naming the file and
+the fix.
 """
 from __future__ import annotations
 
@@ -31,9 +34,22 @@ COMPRESSION_LEVEL = 1
 MAX_DEFLATE_RATIO = 1032
 """Deflate's largest possible expansion (bytes out per byte in)."""
 MM_PER_M = 1000.0
-"""Depth PNG units (millimetres) per metre."""
+"""Depth PNG units (millimetres) per metre: the one place the unit of every depth map on disk is written."""
+MAX_DEPTH_MM = 65535
+"""The largest depth a uint16 PNG holds (65.535 m)."""
 REDO = "rerun the stage that writes it with --force"
 """The `fix` for a damaged work-directory file whose stage is not known to the reader."""
+
+
+def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
+    """float metres (0/NaN/inf/negative = invalid) -> uint16 millimetres (0 = invalid, beyond 65.535 m too)."""
+    mm = np.rint(np.asarray(depth_m, np.float64) * MM_PER_M)
+    return np.where((mm >= 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)  # NaN and inf fail both tests
+
+
+def depth_mm_to_m(depth_mm: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """uint16 millimetres -> metres as `dtype` (0 stays 0 = invalid)."""
+    return np.asarray(depth_mm).astype(dtype) / dtype(MM_PER_M)
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -123,17 +139,32 @@ def decode_png(data: bytes) -> Optional[np.ndarray]:
     return image if image is not None else decode_image(data)
 
 
-def _file_bytes(path: Path, what: str, fix: str) -> bytes:
+def read_bytes(path: Path, what: str, fix: str) -> bytes:
+    """The bytes of `path`; PromptmeshError naming the file, `what` it should be and `fix` (what to do) if it is
+    missing or unreadable."""
     try:
         return Path(path).read_bytes()
     except OSError as e:
         raise PromptmeshError(f"{path}: {what} missing or unreadable ({e.strerror}); {fix}") from None
 
 
+def decode_png_as(data: bytes, name: object, dtype: type, fix: str) -> np.ndarray:
+    """PNG bytes -> the (h, w) `dtype` image as stored (uint16 depth, uint8 confidence); PromptmeshError naming
+    `name` and `fix` if it cannot be decoded or is another kind of image."""
+    # A PNG ends with its IEND chunk; checking first keeps OpenCV from logging its own warning for a cut file.
+    image = decode_png(data) if b"IEND" in data[-12:] else None
+    if image is None:
+        raise PromptmeshError(f"{name}: not a decodable PNG (corrupt or truncated); {fix}")
+    if image.ndim != 2 or image.dtype != dtype:
+        raise PromptmeshError(f"{name}: {image.dtype} {image.shape}, expected a single-channel {np.dtype(dtype).name} "
+                              f"PNG; {fix}")
+    return image
+
+
 def read_image(path: Path, flags: int, what: str, fix: str) -> np.ndarray:
     """`path` decoded by OpenCV with `flags`; PromptmeshError naming the file, `what` it should be and `fix`
     (what to do) if it is missing or undecodable."""
-    image = decode_image(_file_bytes(path, what, fix), flags)
+    image = decode_image(read_bytes(path, what, fix), flags)
     if image is None:
         raise PromptmeshError(f"{path}: {what} not decodable (corrupt or truncated); {fix}")
     return image
@@ -142,15 +173,9 @@ def read_image(path: Path, flags: int, what: str, fix: str) -> np.ndarray:
 def read_depth_mm(path: Path, fix: str) -> np.ndarray:
     """(H, W) uint16 millimetres from a depth PNG; PromptmeshError naming `path` and `fix` (what to do) if the
     file is missing, unreadable or not a single-channel 16-bit image."""
-    depth_mm = decode_png(_file_bytes(path, "depth map", fix))
-    if depth_mm is None:
-        raise PromptmeshError(f"{path}: not a decodable PNG (corrupt or truncated); {fix}")
-    if depth_mm.ndim != 2 or depth_mm.dtype != np.uint16:
-        raise PromptmeshError(f"{path}: {depth_mm.dtype} {depth_mm.shape}, expected a single-channel uint16 PNG "
-                              f"(millimetres); {fix}")
-    return depth_mm
+    return decode_png_as(read_bytes(path, "depth map", fix), path, np.uint16, fix)
 
 
 def read_depth_m(path: Path, fix: str, dtype: type = np.float32) -> np.ndarray:
     """`read_depth_mm` in metres (0 = invalid), as `dtype`."""
-    return read_depth_mm(path, fix).astype(dtype) / MM_PER_M
+    return depth_mm_to_m(read_depth_mm(path, fix), dtype)

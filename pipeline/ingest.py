@@ -33,6 +33,7 @@ from .capture import CaptureSource, FrameRow, SourceFrame, write_frames_table
 from .config import IngestConfig
 from .errors import PromptmeshError
 from .geometry import is_valid_pose
+from .images import depth_m_to_mm
 from .readers import CaptureReader, open_capture
 from .readers.common import decode_jpeg, read_bytes
 from .streams import prefetch
@@ -41,7 +42,6 @@ from .workdir import WorkDir, WorkDirLike
 log = logging.getLogger(__name__)
 
 STAGE = "ingest"
-MAX_DEPTH_MM = 65535
 
 
 def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
@@ -51,12 +51,6 @@ def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
     if s < 1:
         g = cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
     return float(cv2.Laplacian(g, cv2.CV_32F).var())
-
-
-def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
-    """float metres (0/NaN/inf/negative = invalid) -> uint16 millimetres (0 = invalid, clipped at 65.535 m)."""
-    mm = np.rint(np.asarray(depth_m, np.float64) * 1000.0)
-    return np.where((mm >= 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)  # NaN and inf fail both tests
 
 
 @dataclass

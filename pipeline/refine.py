@@ -22,9 +22,9 @@ pose, ends 2-15 cm off, sliding along walls), so frames are first fused into fra
    `MAX_RMSE_M`) and within refine_max_correction_m / refine_max_correction_deg of ARKit.
 4. Pose graph over the anchors (`optimise_pose_graph`, Gauss-Newton, first anchor fixed): odometry edges from
    ARKit between consecutive anchors (`ODOMETRY_SIGMA_M` / `ODOMETRY_SIGMA_DEG`) and loop edges from the kept
-   pairs (information = ICP's per correspondence / `LOOP_SIGMA_M`**2, so weak directions weigh little); loop
-   edges whose information-weighted residual after the solve exceeds `LOOP_REJECT_M` are dropped and it is
-   solved again.
+   pairs (information = ICP's per correspondence / `LOOP_SIGMA_M`**2, so weak directions weigh little); while
+   a loop edge's information-weighted residual exceeds `LOOP_REJECT_M`, the worst is dropped and it is solved
+   again (`solve_with_loops`).
 5. Corrections: each anchor's correction is the world-frame transform D = refined @ inverse(predicted); other
    frames get D interpolated by frame index (translation linearly, rotation by slerp; before the first anchor
    the identity, after the last the last's). An anchor whose correction is not finite or beyond
@@ -53,7 +53,7 @@ from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics
-from .images import REDO, read_depth_mm, read_image
+from .images import MM_PER_M, REDO, read_depth_mm, read_image
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ LOOP_SIGMA_M = 0.003
 """Scale of a loop edge's information: ICP's information per correspondence / LOOP_SIGMA_M**2 (measured
 fragment-to-fragment errors are 1-6 mm along well-constrained directions), metres."""
 LOOP_REJECT_M = 0.02
-"""A loop edge whose residual after the first solve, weighted by its information per correspondence
+"""A loop edge whose residual after the solve, weighted by its information per correspondence
 (sqrt(r^T I r): metres along a fully constrained direction, less along weak ones), exceeds this is dropped."""
 GAUSS_NEWTON_ITERATIONS = 10
 
@@ -213,7 +213,7 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
     and extract the surface seen at least FRAGMENT_MIN_WEIGHT times. Unreadable maps are left out."""
     import open3d as o3d
 
-    from .fuse import DEPTH_SCALE, open3d_intrinsics
+    from .fuse import open3d_intrinsics
 
     anchor = int(frames[len(frames) // 2])
     grid = o3d.t.geometry.VoxelBlockGrid(
@@ -232,9 +232,9 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
                                                                                int(table.height[i])), (w, h))))
         extrinsic = o3d.core.Tensor(np.linalg.inv(anchor_from_world @ camera_to_world[i]))  # anchor -> camera i
         depth = o3d.t.geometry.Image(o3d.core.Tensor.from_numpy(depth_mm))
-        blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m,
+        blocks = grid.compute_unique_block_coordinates(depth, K, extrinsic, MM_PER_M, cfg.depth_max_m,
                                                        FRAGMENT_TRUNC_VOXELS)
-        grid.integrate(blocks, depth, K, extrinsic, DEPTH_SCALE, cfg.depth_max_m, FRAGMENT_TRUNC_VOXELS)
+        grid.integrate(blocks, depth, K, extrinsic, MM_PER_M, cfg.depth_max_m, FRAGMENT_TRUNC_VOXELS)
     points = np.zeros((0, 3))
     normals = np.zeros((0, 3))
     if grid.hashmap().size() > 0:
@@ -245,6 +245,8 @@ def build_fragment(table: CaptureTable, frames: np.ndarray, camera_to_world: np.
         if cloud is not None and "positions" in cloud.point and len(cloud.point.positions) > 0:
             points = cloud.point.positions.numpy().astype(np.float64)
             normals = cloud.point.normals.numpy().astype(np.float64)
+            order = np.lexsort(points.T[::-1])  # Open3D's order depends on its threads; the result must not
+            points, normals = points[order], normals[order]
     return Fragment(np.asarray(frames), anchor, points, normals)
 
 
@@ -405,6 +407,31 @@ def odometry_information() -> np.ndarray:
     return np.diag([1.0 / math.radians(ODOMETRY_SIGMA_DEG) ** 2] * 3 + [1.0 / ODOMETRY_SIGMA_M ** 2] * 3)
 
 
+def solve_with_loops(anchor_poses: np.ndarray, loops: list[Alignment]) -> tuple[np.ndarray, list[Alignment]]:
+    """(refined (N,4,4) anchor poses, the loop edges kept): ARKit odometry between consecutive anchors plus the
+    loop edges, solved; while some loop edge's information-weighted residual exceeds LOOP_REJECT_M, the worst is
+    dropped and it is solved again. Without loops (or when all are dropped) the anchors keep their poses."""
+    if not loops:
+        return anchor_poses.copy(), []
+    odo_s, odo_t = np.arange(1, len(anchor_poses)), np.arange(len(anchor_poses) - 1)
+    odo_z = np.linalg.inv(anchor_poses[odo_t]) @ anchor_poses[odo_s]
+    odo_info = np.broadcast_to(odometry_information(), (len(odo_s), 6, 6))
+    kept = list(loops)
+    while kept:
+        sources = np.concatenate([odo_s, [a.source for a in kept]]).astype(np.int64)
+        targets = np.concatenate([odo_t, [a.target for a in kept]]).astype(np.int64)
+        measured = np.concatenate([odo_z, np.stack([a.transformation for a in kept])])
+        information = np.concatenate([odo_info, np.stack([a.information / LOOP_SIGMA_M ** 2 for a in kept])])
+        refined = optimise_pose_graph(anchor_poses, sources, targets, measured, information)
+        loop = slice(len(odo_s), None)
+        residual = _edge_residuals(refined[sources[loop]], refined[targets[loop]], np.linalg.inv(measured[loop]))
+        weighted_m = np.sqrt(np.einsum("ei,eij,ej->e", residual, information[loop] * LOOP_SIGMA_M ** 2, residual))
+        if weighted_m.max() <= LOOP_REJECT_M:
+            return refined, kept
+        kept.pop(int(np.argmax(weighted_m)))  # the worst one only: a wrong edge also bends the right ones
+    return anchor_poses.copy(), []
+
+
 # --------------------------------------------------------------------------- corrections
 def interpolate_corrections(n_frames: int, nodes: np.ndarray, node_correction: np.ndarray) -> np.ndarray:
     """(n_frames,4,4) world-frame corrections: a node's own at its frame, in between interpolated by frame
@@ -424,7 +451,7 @@ def interpolate_corrections(n_frames: int, nodes: np.ndarray, node_correction: n
 # --------------------------------------------------------------------------- entry point
 def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
     """Refined camera_to_world for every frame of `table` (see the module docstring)."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     predicted = table.camera_to_world
     n_frames = len(table)
     counted = select_frames(predicted)
@@ -455,29 +482,7 @@ def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
     loops = [a for a in alignments if not a.reason]
 
     anchor_poses = predicted[anchors]
-    refined = anchor_poses
-    kept: list[Alignment] = []
-    if loops:
-        odo_s, odo_t = np.arange(1, len(anchors)), np.arange(len(anchors) - 1)
-        odo_z = np.linalg.inv(anchor_poses[odo_t]) @ anchor_poses[odo_s]
-        odo_info = np.broadcast_to(odometry_information(), (len(odo_s), 6, 6))
-        kept = loops
-        for _ in range(2):  # solve, drop loop edges the solution disagrees with, solve again
-            sources = np.concatenate([odo_s, [a.source for a in kept]]).astype(np.int64)
-            targets = np.concatenate([odo_t, [a.target for a in kept]]).astype(np.int64)
-            measured = np.concatenate([odo_z, np.stack([a.transformation for a in kept])])
-            information = np.concatenate([odo_info, np.stack([a.information / LOOP_SIGMA_M ** 2 for a in kept])])
-            refined = optimise_pose_graph(anchor_poses, sources, targets, measured, information)
-            loop = slice(len(odo_s), None)
-            residual = _edge_residuals(refined[sources[loop]], refined[targets[loop]], np.linalg.inv(measured[loop]))
-            weighted_m = np.sqrt(np.einsum("ei,eij,ej->e", residual, information[loop] * LOOP_SIGMA_M ** 2, residual))
-            good = weighted_m <= LOOP_REJECT_M
-            if good.all():
-                break
-            kept = [a for a, g in zip(kept, good) if g]
-            if not kept:
-                refined = anchor_poses
-                break
+    refined, kept = solve_with_loops(anchor_poses, loops)
     t_graph = time.perf_counter()
 
     refined = np.array(refined)
@@ -511,7 +516,8 @@ def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
                "loop_edges_kept": len(kept), "frames_accepted": int(accepted.sum()),
                "max_correction_m": round(float(correction_m.max()), 4),
                "max_correction_deg": round(float(correction_deg.max()), 3),
-               "seconds": round(seconds, 3), "seconds_fragments": round(t_fragments - t0, 3),
+               "seconds": round(seconds, 3), "cpu_seconds": round(time.process_time() - cpu0, 3),
+               "seconds_fragments": round(t_fragments - t0, 3),
                "seconds_align": round(t_align - t_fragments, 3), "seconds_graph": round(t_graph - t_align, 3)}
     log.info("refine: %d fragments, %d of %d alignments kept, largest correction %.1f cm / %.2f deg, in %.1f s",
              len(fragments), len(kept), len(alignments), correction_m.max() * 100, correction_deg.max(), seconds)

@@ -36,7 +36,7 @@ from .compare import TABLE_COLUMNS
 from .config import ViewConfig
 from .errors import PromptmeshError
 from .export.gltf import write_glb
-from .export.simplify import decimate_in_passes
+from .export.simplify import decimate_in_passes, surface_distance_m
 from .mesh import read_ply
 from .poses import fused_camera_to_world
 from .workdir import WorkDir
@@ -47,6 +47,8 @@ STAGE = "view"
 ASSETS = Path(__file__).parent / "viewer_assets"
 """index.html (template), viewer.js and three/ (vendored three.js)."""
 MESH_NAME = "mesh.glb"
+MESH_VERSION = 2
+"""Bumped when the page's mesh or the facts recorded about it change for the same mesh and settings."""
 SCORE_COLUMNS = [({"Prec": "Precision"}.get(h, h), key, scale, fmt)
                  for h, section, key, scale, fmt in TABLE_COLUMNS if section == "culled"]
 """(header, key, scale, format) of eval.json's culled / unculled sections, as the compare report shows them."""
@@ -78,7 +80,8 @@ def run(cfg: ViewConfig, workdir: Path, force: bool = False) -> Path:
     if not source.is_file():
         raise PromptmeshError(f"{wd.mesh('ply')}: no mesh to show; run `promptmesh run CAPTURE -o {wd.root}` (or "
                               "`promptmesh mesh WORKDIR`) first")
-    mesh_stamp = fingerprint(f"{STAGE}-mesh", {"cfg": cfg, "source": str(source.relative_to(wd.root))},
+    mesh_stamp = fingerprint(f"{STAGE}-mesh", {"cfg": cfg, "source": str(source.relative_to(wd.root)),
+                                               "version": MESH_VERSION},
                              [source_fingerprint(source)])
     inputs = [wd.eval_json, wd.compare_json, wd.frames_parquet, wd.poses_parquet, Manifest.path_in(wd.capture),
               Manifest.path_in(wd.fuse), Manifest.path_in(wd.export("ar")), ASSETS]
@@ -126,15 +129,29 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def _write_mesh(source: Path, dst: Path, cfg: ViewConfig, from_ar: bool) -> list[tuple[str, str]]:
-    """The page's mesh.glb; returns (label, value) facts about it."""
+    """The page's mesh.glb; returns (label, value) facts about it, with how far its surface lies from mesh.ply's
+    (what a measurement on the page can be off by)."""
     if from_ar:
         atomic_write_bytes(dst, source.read_bytes())
-        return [("mesh", "AR export (textured), export/ar/mesh.glb")]
+        ar = Manifest.read(source.parent)
+        summary = ar.summary if ar is not None else {}
+        facts = [("mesh", "AR export (textured), export/ar/mesh.glb")]
+        if "triangles" in summary and "triangles_full" in summary:
+            facts.append(("triangles", f"{summary['triangles']:,} of {summary['triangles_full']:,}"))
+        if "distance_to_full_mean_m" in summary:
+            facts.append(_distance_fact(summary["distance_to_full_mean_m"], summary["distance_to_full_p95_m"]))
+        return facts
     full = read_ply(source)
     shown = decimate_in_passes(full, cfg.target_triangles)
     write_glb(dst, shown.vertices, shown.triangles, colors_rgb8=shown.colors)
-    return [("mesh", "mesh.ply" if len(shown.triangles) == len(full.triangles) else "mesh.ply, decimated"),
-            ("triangles", f"{len(shown.triangles):,} of {len(full.triangles):,}")]
+    if len(shown.triangles) == len(full.triangles):
+        return [("mesh", "mesh.ply"), ("triangles", f"{len(full.triangles):,}")]
+    return [("mesh", "mesh.ply, decimated"), ("triangles", f"{len(shown.triangles):,} of {len(full.triangles):,}"),
+            _distance_fact(*surface_distance_m(full, shown))]
+
+
+def _distance_fact(mean_m: float, p95_m: float) -> tuple[str, str]:
+    return "off mesh.ply by", f"{mean_m * 1000:.1f} mm mean, {p95_m * 1000:.1f} mm p95"
 
 
 def _start_view(wd: WorkDir, offset_m: np.ndarray) -> Optional[dict]:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import PipelineConfig, load_config, override
+from pipeline.config import FuseConfig, PipelineConfig, load_config, override
 from pipeline.errors import PromptmeshError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +43,41 @@ def test_bad_config_names_file_and_key(tmp_path, text, needle):
 def test_missing_config_file(tmp_path):
     with pytest.raises(PromptmeshError, match="not found"):
         load_config(tmp_path / "nope.toml")
+
+
+# ----------------------------------------------------------------------------- generated options
+def test_every_setting_is_an_option_toml_key_and_readme_row():
+    import dataclasses
+    import tomllib
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from pipeline.options import option_specs, settings_table
+
+    repo = Path(__file__).resolve().parents[1]
+    assert load_config(repo / "configs" / "default.toml") == PipelineConfig()  # the file holds the defaults ...
+    toml = tomllib.loads((repo / "configs" / "default.toml").read_text())
+    for section in dataclasses.fields(PipelineConfig):  # ... and lists every key
+        assert set(toml[section.name]) == {f.name for f in dataclasses.fields(getattr(PipelineConfig(), section.name))}
+    assert f"\n{settings_table()}\n" in (repo / "README.md").read_text(), "run python3 tools/update_settings_docs.py"
+    help_text = CliRunner().invoke(cli, ["run", "--help"], terminal_width=200).output
+    for _, names, _, _ in option_specs(("ingest", "depth", "fuse", "mesh", "eval")):
+        assert names[0].split("/")[0] in help_text
+    assert help_text.count("--device") == 1 and "--sdf-trunc-voxels FLOAT" in help_text
+
+
+def test_generated_options_set_their_fields():
+    from pipeline.options import build_config, option_specs
+
+    specs = {names[0]: dest for dest, names, _, _ in option_specs(("depth", "fuse", "mesh"))}
+    assert specs["--device"] == "cfg__depth_fuse__device"  # one option, both sections
+    cfg = build_config(None, {specs["--device"]: "cpu", specs["--sdf-trunc-voxels"]: 3.0, specs["--format"]: ("glb",),
+                              specs["--refine-poses/--no-refine-poses"]: False, specs["--voxel-size"]: None})
+    assert (cfg.depth.device, cfg.fuse.device, cfg.fuse.sdf_trunc_voxels, cfg.mesh.formats) == ("cpu", "cpu", 3.0, ("glb",))
+    assert cfg.fuse.refine_poses is False and cfg.fuse.voxel_size_m == FuseConfig().voxel_size_m  # None = not given
+    both = {names[0] for _, names, _, _ in option_specs(("mesh", "export"))}
+    assert {"--mesh-target-triangles", "--export-target-triangles"} <= both  # same name in two sections: qualified
+    with pytest.raises(PromptmeshError, match="voxel_size_m"):
+        build_config(None, {specs["--voxel-size"]: 2.0})  # ranges are the config's checks

@@ -11,9 +11,10 @@ from pipeline.artifacts import Manifest
 from pipeline.capture import FrameRow, write_frames_table
 from pipeline.config import DepthConfig
 from pipeline.depth.classical import GuidedUpsampler
+from pipeline.depth_models import DEPTH_MODELS
 from pipeline.errors import PromptmeshError
 from pipeline.geometry import output_size
-from pipeline.ingest import depth_m_to_mm
+from pipeline.images import depth_m_to_mm
 from pipeline.workdir import WorkDir
 
 RGB_WH = (64, 48)
@@ -96,8 +97,8 @@ def test_frames_predicted_on_threads_equal_one_at_a_time(tmp_path, model):
     model frame by frame on decoded frames."""
     wd = make_workdir(tmp_path)
     out = depth.run(DepthConfig(model=model, long_side_px=40), wd)
-    predictor = depth.MODELS[model](DepthConfig(), WorkDir(wd).depth_root)
-    assert predictor.frames_in_parallel and predictor.uses_rgb == (model == "guided")
+    predictor = depth.build(model, DepthConfig(), WorkDir(wd).depth_root)
+    assert predictor.frames_in_parallel and DEPTH_MODELS[model].uses_rgb == (model == "guided")
     for k in range(N_FRAMES):
         stem = f"{5 * k:06d}"
         rgb = cv2.cvtColor(cv2.imread(str(WorkDir(wd).capture / "rgb" / f"{stem}.jpg")), cv2.COLOR_BGR2RGB)
@@ -253,3 +254,35 @@ def test_promptda_runs_in_batches_and_caches_without_loading(tmp_path, vits_chec
     assert manifest.settings["weights_sha256"] == hashlib.sha256(vits_checkpoint.read_bytes()).hexdigest()
     monkeypatch.setattr(promptda_io, "load_promptda", lambda *a, **k: pytest.fail("weights loaded"))
     assert depth.run(cfg, wd) == out  # up to date: the cached hash matches, nothing is loaded
+
+
+class ConstantDepth:
+    """A depth model added the way README "Extending" says: this class plus one registry entry."""
+
+    name = "constant"
+    batch_size = 1
+    frames_in_parallel = True
+    settings = {"depth_m": 1.5}
+
+    @classmethod
+    def build(cls, spec, cfg, depth_root):
+        return cls()
+
+    def predict(self, rgb, lidar_depth_m, confidence, out_hw):
+        assert rgb is None  # the registry says it does not use RGB: the stage does not decode the frames
+        return np.full(out_hw, 1.5, np.float32)
+
+    def predict_batch(self, rgbs, lidar_depths_m, confidences, out_hw):
+        return [self.predict(*f, out_hw) for f in zip(rgbs, lidar_depths_m, confidences)]
+
+
+def test_a_registered_model_runs_through_the_stage(tmp_path, monkeypatch):
+    from pipeline.depth_models import DepthModelSpec
+
+    monkeypatch.setitem(DEPTH_MODELS, "constant", DepthModelSpec("constant", "1.5 m everywhere",
+                                                                 "test_depth_stage:ConstantDepth", uses_rgb=False))
+    out = depth.run(DepthConfig(model="constant", long_side_px=40), make_workdir(tmp_path))
+    assert out == WorkDir(tmp_path).depth("constant")
+    maps = read_all(out)
+    assert len(maps) == N_FRAMES and all(m.shape == (30, 40) and (m == 1500).all() for m in maps.values())
+    assert Manifest.read(out).settings["fuse_confidence_mask"] is False  # passes_lidar_through defaults to False

@@ -26,8 +26,7 @@ from pipeline.config import ExportConfig, PipelineConfig, override
 from pipeline.errors import PromptmeshError
 from pipeline.export.nerfstudio import depth_at_image_size, nerfstudio_intrinsics, transforms
 from pipeline.geometry import backproject, scale_intrinsics, transform_points
-from pipeline.images import read_depth_m
-from pipeline.ingest import depth_m_to_mm
+from pipeline.images import depth_m_to_mm, read_depth_m
 from pipeline.mesh import MeshArrays, write_ply
 from pipeline.poses import fused_camera_to_world, write_poses
 from pipeline.workdir import WorkDir

@@ -24,7 +24,7 @@ from pipeline.config import EvalConfig, FuseConfig, MeshConfig
 from pipeline.errors import PromptmeshError
 from pipeline.export.gltf import read_glb
 from pipeline.geometry import scale_intrinsics
-from pipeline.ingest import depth_m_to_mm
+from pipeline.images import depth_m_to_mm
 from pipeline.workdir import WorkDir
 
 ROOM_SIZE_M = np.array([4.0, 2.5, 3.0])  # x, y (up, floor at y = 0), z

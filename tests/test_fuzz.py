@@ -154,7 +154,7 @@ def test_corrupt_depth_and_confidence_pngs_are_skipped(capture, base, tmp_path):
     png.write_bytes(png.read_bytes()[:-30])  # lost its end
     (cap / "confidence" / "000009.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(500))
     result = run(cap, tmp_path / "w", base)
-    assert_skipped(result, tmp_path / "w", 2, "000004.png: unreadable or truncated PNG", "000009.png")
+    assert_skipped(result, tmp_path / "w", 2, "000004.png: not a decodable PNG", "000009.png")
 
 
 def test_png_header_claiming_a_huge_image_is_skipped(capture, base, tmp_path):
@@ -165,7 +165,7 @@ def test_png_header_claiming_a_huge_image_is_skipped(capture, base, tmp_path):
     ihdr = struct.pack(">I", 13) + b"IHDR" + header + struct.pack(">I", zlib.crc32(b"IHDR" + header))
     png.write_bytes(data[:8] + ihdr + data[33:])
     result = run(cap, tmp_path / "w", base)  # OpenCV raises for it rather than returning None
-    assert_skipped(result, tmp_path / "w", 1, "000006.png: unreadable or truncated PNG")
+    assert_skipped(result, tmp_path / "w", 1, "000006.png: not a decodable PNG")
 
 
 def test_depth_png_of_another_size_is_skipped(capture, base, tmp_path):

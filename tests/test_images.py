@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.artifacts import write_png_atomic
 from pipeline.errors import PromptmeshError
-from pipeline.images import _chunk, decode_png, encode_depth_png, read_depth_mm, read_image
+from pipeline.images import (_chunk, decode_png, depth_m_to_mm, depth_mm_to_m, encode_depth_png, read_depth_m,
+                             read_depth_mm, read_image)
 
 SHAPES = [(1, 1), (1, 7), (9, 1), (37, 53), (192, 256)]
 
@@ -121,3 +122,19 @@ def test_read_image_errors_name_the_file_what_and_the_fix(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8garbage")
     with pytest.raises(PromptmeshError, match=r"bad\.jpg: RGB frame not decodable .*; rerun ingest"):
         read_image(tmp_path / "bad.jpg", cv2.IMREAD_COLOR, "RGB frame", "rerun ingest")
+
+
+def test_depth_unit_conversions():
+    d = np.array([[0.0, np.nan, -1.0, 1.2344], [np.inf, 70.0, 0.0004, 2.0]], np.float32)
+    mm = depth_m_to_mm(d)
+    np.testing.assert_array_equal(mm, [[0, 0, 0, 1234], [0, 0, 0, 2000]])  # invalid and beyond 65.535 m -> 0
+    assert mm.dtype == np.uint16
+    m = depth_mm_to_m(mm)
+    assert m.dtype == np.float32 and m[0, 3] == np.float32(1.234) and m[1, 3] == 2.0 and m[0, 0] == 0.0
+
+
+def test_read_depth_m_is_millimetres_over_1000(tmp_path):
+    mm = np.array([[0, 1, 1500], [65535, 999, 2]], np.uint16)
+    (tmp_path / "d.png").write_bytes(encode_depth_png(mm))
+    np.testing.assert_array_equal(read_depth_m(tmp_path / "d.png", "fix"), mm.astype(np.float32) / np.float32(1000))
+    assert read_depth_m(tmp_path / "d.png", "fix", np.float64)[0, 2] == 1.5

@@ -102,11 +102,6 @@ def test_all_frames_bad_is_an_error(monkeypatch, tmp_path):
     assert not WorkDir(tmp_path / "wd").frames_parquet.exists()
 
 
-def test_depth_m_to_mm():
-    d = np.array([[0.0, np.nan, -1.0, 1.2344], [np.inf, 70.0, 0.0004, 2.0]], np.float32)
-    np.testing.assert_array_equal(ingest.depth_m_to_mm(d), [[0, 0, 0, 1234], [0, 0, 0, 2000]])
-
-
 def test_interrupted_ingest_resumes_without_rewriting_finished_frames(monkeypatch, tmp_path):
     cfg = IngestConfig(stride=1, blur_select=False)
     frames = [_frame(i) for i in range(12)]

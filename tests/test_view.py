@@ -119,6 +119,8 @@ def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
     np.testing.assert_allclose(data["start"]["forward"], [0, 0, -1], atol=1e-12)
     assert data["start"]["vfov_deg"] == pytest.approx(np.degrees(2 * np.arctan(TAN_HALF_VFOV)), abs=1e-3)
     assert 800 <= glb_triangles(index.parent / "mesh.glb") <= 1000 < len(wall().triangles)
+    # a flat wall stays flat when decimated: the shown surface is on mesh.ply's
+    assert re.search(r"<th>off mesh.ply by</th><td>0\.0 mm mean, 0\.[01] mm p95</td>", page)
 
 
 def test_vendored_three_is_the_pinned_release_unchanged():
@@ -150,11 +152,14 @@ def test_ar_export_is_preferred_and_copied_unchanged(tmp_path):
     mesh = wall(4)
     offset_m = np.array([1.0, 0.0, -2.0])  # an export with --recenter moved the mesh by this
     ar = write_glb(view.ar_mesh(wd), mesh.vertices + offset_m, mesh.triangles, colors_rgb8=mesh.colors)
-    Manifest("export-ar", "test", ["mesh.glb"], {}, {"recenter_offset_m": offset_m.tolist()}).write(ar.parent)
+    Manifest("export-ar", "test", ["mesh.glb"], {}, {"recenter_offset_m": offset_m.tolist(), "triangles": 128,
+                                                      "triangles_full": 3200, "distance_to_full_mean_m": 0.00079,
+                                                      "distance_to_full_p95_m": 0.0023}).write(ar.parent)
     index = view.run(ViewConfig(), tmp_path)
     assert (index.parent / "mesh.glb").read_bytes() == ar.read_bytes()
     page = index.read_text()
-    assert "AR export (textured)" in page
+    assert "AR export (textured)" in page and "<td>128 of 3,200</td>" in page
+    assert "<th>off mesh.ply by</th><td>0.8 mm mean, 2.3 mm p95</td>" in page
     data = page_data(page)
     np.testing.assert_allclose(data["start"]["eye"], EYE + offset_m)  # the camera moved with the mesh
     later_ns = ar.stat().st_mtime_ns + 10**9
@@ -310,3 +315,23 @@ def test_after_a_real_run_the_page_reads_the_stages_outputs(tmp_path):
     middle = fused_camera_to_world(wd, CaptureTable.load(wd))[2]
     np.testing.assert_allclose(page_data(page)["start"]["eye"], middle[:3, 3])
     np.testing.assert_allclose(page_data(page)["start"]["forward"], middle[:3, 2])
+
+
+def test_mesh_alone_is_enough(tmp_path):
+    """No capture, eval or compare (a mesh.ply from elsewhere): the page fits the whole mesh and says what is
+    missing instead of failing."""
+    write_ply(wall(), WorkDir(tmp_path).mesh("ply"))
+    page = view.run(ViewConfig(), tmp_path).read_text()
+    assert page_data(page)["start"] is None and "No evaluation yet" in page and "<td>3,200</td>" in page
+
+
+@needs_chromium
+def test_chromium_fits_the_whole_mesh_without_a_capture(tmp_path):
+    write_ply(wall(), WorkDir(tmp_path).mesh("ply"))
+    index = view.run(ViewConfig(), tmp_path)
+    png = tmp_path / "shot.png"
+    with serving(index.parent) as base:
+        chromium(base + "index.html", screenshot=png, window_wh=(1000, 700))
+    shot = cv2.imread(str(png))
+    h, w = shot.shape[:2]
+    assert len(np.unique(shot[h // 3:2 * h // 3, w // 3:w // 2].reshape(-1, 3), axis=0)) > 300

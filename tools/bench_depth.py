@@ -51,6 +51,7 @@ import cv2
 import numpy as np
 
 from pipeline.artifacts import atomic_write_text
+from pipeline.depth_models import DEPTH_MODELS
 from pipeline.errors import PromptmeshError
 
 log = logging.getLogger(__name__)
@@ -291,7 +292,7 @@ def bench(models: Sequence[str] = MODELS, sizes_hw: Sequence[tuple[int, int]] = 
 
 def _skip_reason(name: str, out_hw: Sequence[int], previous: Optional[dict], max_seconds: float) -> str:
     """Why a PromptDA size need not be run, given the row of the model's previous (smaller) size; "" = run it."""
-    if previous is None or not name.startswith("promptda-"):
+    if previous is None or not DEPTH_MODELS[name].needs_weights:
         return ""
     if previous["seconds"] is None:
         return f"skipped: {previous['size_hw'][0]}x{previous['size_hw'][1]} gave no time"
@@ -461,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [m for m in models if m not in ("lidar", "guided") and not m.startswith("promptda-")]
+    unknown = [m for m in models if m not in DEPTH_MODELS]
     if unknown or args.repeats < 1:
         ap.error(f"unknown models {unknown}" if unknown else "--repeats must be at least 1")
     sizes = [_size(s) for s in args.sizes.split(",") if s.strip()]

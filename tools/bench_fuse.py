@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import (BENCHMARKS_MD, DEFAULT_CACHE, load_average, machine_line, median,  # noqa: E402
                           write_table, setup_logging, synthetic_capture)
+from pipeline.images import depth_m_to_mm, depth_mm_to_m  # noqa: E402
 from pipeline.workdir import WorkDir
 
 log = logging.getLogger("bench")
@@ -66,8 +67,8 @@ def prepare_workdir(capture: Path, workdir: Path, stride: int) -> None:
         log.info("writing %d depth maps at %dx%d", len(table), w, h)
         for i in range(len(table)):
             lidar_mm = cv2.imread(str(table.root / table.lidar_path[i]), cv2.IMREAD_UNCHANGED)
-            depth_m = resize_lidar(lidar_mm.astype(np.float32) / 1000.0, (h, w))
-            write_png_atomic(out / f"{table.stem(i)}.png", ingest.depth_m_to_mm(depth_m))
+            depth_m = resize_lidar(depth_mm_to_m(lidar_mm), (h, w))
+            write_png_atomic(out / f"{table.stem(i)}.png", depth_m_to_mm(depth_m))
         Manifest("depth", f"bench-{w}x{h}", outputs=[f"{table.stem(i)}.png" for i in range(len(table))],
                  settings={"size_wh": [w, h]}).write(out)
 

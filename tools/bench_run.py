@@ -50,7 +50,8 @@ def naive_one_pass(capture: Path, out_ply: Path, voxel_size_m: float = 0.01,
     import cv2
     import open3d as o3d
 
-    from pipeline.fuse import DEPTH_SCALE, open3d_intrinsics
+    from pipeline.fuse import open3d_intrinsics
+    from pipeline.images import MM_PER_M
     from pipeline.geometry import scale_intrinsics
     from pipeline.readers import open_capture
 
@@ -62,13 +63,13 @@ def naive_one_pass(capture: Path, out_ply: Path, voxel_size_m: float = 0.01,
                                          device=o3d.core.Device("CPU:0"))
     for frame in source.frames():
         depth_m = cv2.resize(frame.load_depth_m(), depth_wh, interpolation=cv2.INTER_LINEAR)
-        depth = o3d.t.geometry.Image(o3d.core.Tensor((depth_m * DEPTH_SCALE).astype(np.uint16)))
+        depth = o3d.t.geometry.Image(o3d.core.Tensor((depth_m * MM_PER_M).astype(np.uint16)))
         color = o3d.t.geometry.Image(o3d.core.Tensor(frame.load_rgb()))
         K_depth = o3d.core.Tensor(open3d_intrinsics(scale_intrinsics(frame.K_rgb, frame.rgb_size, depth_wh)))
         K_color = o3d.core.Tensor(open3d_intrinsics(frame.K_rgb))
         extrinsic = o3d.core.Tensor(np.linalg.inv(frame.camera_to_world))
-        blocks = grid.compute_unique_block_coordinates(depth, K_depth, extrinsic, DEPTH_SCALE, 5.0, 4.0)
-        grid.integrate(blocks, depth, color, K_depth, K_color, extrinsic, DEPTH_SCALE, 5.0, 4.0)
+        blocks = grid.compute_unique_block_coordinates(depth, K_depth, extrinsic, MM_PER_M, 5.0, 4.0)
+        grid.integrate(blocks, depth, color, K_depth, K_color, extrinsic, MM_PER_M, 5.0, 4.0)
     mesh = grid.extract_triangle_mesh(weight_threshold=0.5)
     o3d.t.io.write_triangle_mesh(str(out_ply), mesh)
     return int(mesh.triangle.indices.shape[0])

@@ -3,7 +3,8 @@
 
 A textured room (`easy`: a box room with a few boxes; `hard`: thin chair/table legs and plant stems, an
 open shelf, a glass pane, dark glossy surfaces, a doorway to a wall 7.5 m away, and ~1.5 cm / 0.3 deg of
-ARKit-like pose drift) is ray cast along a smooth handheld loop (tools/synthetic_scene.py) and written as
+ARKit-like pose drift; --drift-m / --drift-deg set any size, for either room) is ray cast along a smooth
+handheld loop (tools/synthetic_scene.py) and written as
 
     OUT_DIR/stray/            Stray Scanner folder (rgb.mp4, depth/, confidence/, odometry.csv, camera_matrix.csv,
                               and gt_depth/NNNNNN.png: GT z-depth, uint16 mm, at --gt-depth-size)

@@ -1,16 +1,18 @@
-"""Stage 2, depth: every ingested frame -> WORKDIR/depth/<model>/<stem>.png (CONTRACTS §2).
+"""Stage 2, depth: every ingested frame -> WORKDIR/depth/<model>/<stem>.png (docs/workdir.md).
 
 Output: uint16 millimetres, 0 = invalid, named with the stem of the frame's RGB file, size
 `geometry.output_size(W, H, long_side_px)` (same aspect as RGB, so intrinsics scale by W'/W, H'/H).
 
-Models (`MODELS`, by name): `lidar` and `guided` (classical.py, no weights), and the PromptDA checkpoints
-(`promptda-*`, promptda_io.py). Every model offers
+Models are registered by name in `pipeline.depth_models` (what each needs and does; `build` makes one):
+`lidar` and `guided` (classical.py, no weights) and the PromptDA checkpoints (promptda_io.py). Every model offers
 
     predict(rgb (H,W,3) uint8, lidar_depth_m (h,w) float32, confidence (h,w) uint8 | None, out_hw (H',W'))
         -> (H',W') float32 metres, 0 = invalid
 
 plus `predict_batch` over lists of frames, `batch_size` and `settings` (what changes its output).
 `auto` picks promptda-vits when its weights are available offline, else guided (`resolve_model_name`).
+The manifest's settings say whether fusion should mask low-confidence pixels (`fuse_confidence_mask`: the
+model passes the LiDAR through).
 
 Caching and resuming: the stage is up to date when its manifest (written last) matches the fingerprint of
 model, settings (weights hash for PromptDA), output size and the ingest manifest. Before the first frame the
@@ -21,17 +23,18 @@ a run with another fingerprint clears the folder first.
 Speed: the classical models (`frames_in_parallel`) run whole frames (read, predict, write) on two threads,
 one frame each; for PromptDA the main thread predicts batches while two threads read frames ahead and two
 encode and write the PNGs behind (`streams.prefetch`; memory stays bounded either way). Models that ignore
-RGB (`uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded.
+RGB (registry `uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -40,21 +43,20 @@ from tqdm import tqdm
 from ..artifacts import (Manifest, atomic_write_json, fingerprint, is_current, start_or_resume, upstream_fingerprint,
                          write_png_atomic)
 from ..capture import CaptureTable
-from ..config import DEPTH_MODELS, DepthConfig
+from ..config import DepthConfig
+from ..depth_models import AUTO, AUTO_FALLBACK, AUTO_PREFERRED, DEPTH_MODELS, DepthModelSpec
 from ..errors import PromptmeshError
 from ..geometry import output_size
-from ..ingest import depth_m_to_mm
-from ..images import read_depth_m, read_image
+from ..images import depth_m_to_mm, read_depth_m, read_image
 from ..streams import prefetch
 from ..workdir import WorkDir, WorkDirLike
-from .classical import GuidedUpsampler, LidarResize, coverage
+from .classical import coverage
 
 log = logging.getLogger(__name__)
 
 STAGE = "depth"
 WEIGHTS_HASH_CACHE = ".weights_sha256.json"
 """In WORKDIR/depth/: sha256 of weights files keyed by path, size and mtime (hashing 1 GB takes seconds)."""
-AUTO_PROMPTDA = "promptda-vits"
 PREFETCH_FRAMES = 4
 """Frames read ahead of the model, and depth maps waiting to be written, at most (bounds memory)."""
 FRAME_WORKERS = 2
@@ -65,23 +67,19 @@ arrays. Two keep both cores of the reference machine (2 cores) busy: guided 169 
 class DepthModel(Protocol):
     name: str
     settings: dict
-    """Everything that changes the output (JSON-able); part of the stage fingerprint. Its key
-    `fuse_confidence_mask` tells fusion whether to drop pixels of low LiDAR confidence from this model's
-    maps (True for `lidar`, which passes the LiDAR through; False for models that repair those pixels)."""
+    """Everything that changes the output (JSON-able); part of the stage fingerprint."""
     batch_size: int
     """Frames per `predict_batch` call."""
 
     def predict(self, rgb: np.ndarray, lidar_depth_m: np.ndarray, confidence: Optional[np.ndarray],
                 out_hw: tuple[int, int]) -> np.ndarray:
-        """(H,W,3) uint8 RGB (None if not `uses_rgb`), (h,w) float32 metres (0 = none), (h,w) uint8 0/1/2 or
+        """(H,W,3) uint8 RGB (None if the registry says not `uses_rgb`), (h,w) float32 metres (0 = none), (h,w) uint8 0/1/2 or
         None -> (H',W') float32 metres, 0 = invalid."""
 
     def predict_batch(self, rgbs: Sequence[np.ndarray], lidar_depths_m: Sequence[np.ndarray],
                       confidences: Sequence[Optional[np.ndarray]], out_hw: tuple[int, int]) -> list[np.ndarray]:
         """`predict` over frames of the same size."""
 
-    uses_rgb: bool
-    """False if `predict` ignores `rgb`: the stage then passes None instead of decoding the frame."""
     frames_in_parallel: bool
     """True if `predict` is thread-safe and single-threaded (numpy/OpenCV on one frame): the stage then runs
     whole frames (read, predict, write) on FRAME_WORKERS threads. False (PromptDA: torch already uses every
@@ -92,6 +90,8 @@ class PromptDADepth:
     """A PromptDA checkpoint as a DepthModel. Weights are located (and hashed) at construction, loaded on
     the first prediction, so an up-to-date stage never loads them."""
 
+    frames_in_parallel = False
+
     def __init__(self, name: str, cfg: DepthConfig, hash_cache: Path):
         from . import promptda_io
 
@@ -100,13 +100,15 @@ class PromptDADepth:
         self.weights_path = promptda_io.resolve_weights(name, cfg.weights or None)  # PromptmeshError: how to get
         self.device = promptda_io.resolve_device(cfg.device)
         self.batch_size = cfg.batch_size
-        self.uses_rgb = True
-        self.frames_in_parallel = False
         self.settings = {"weights_sha256": cached_weights_sha256(self.weights_path, hash_cache),
                          "precision": cfg.precision, "device_type": self.device.type,
-                         "fill_prompt_holes": cfg.fill_prompt_holes,
-                         "fuse_confidence_mask": False}  # dense estimate; the LiDAR is only its prompt
+                         "fill_prompt_holes": cfg.fill_prompt_holes}
         self._predictor = None
+
+    @classmethod
+    def build(cls, spec: DepthModelSpec, cfg: DepthConfig, depth_root: Path) -> "PromptDADepth":
+        """The registry's constructor (pipeline.depth_models)."""
+        return cls(spec.name, cfg, depth_root / WEIGHTS_HASH_CACHE)
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return self.predict_batch([rgb], [lidar_depth_m], [confidence], out_hw)[0]
@@ -121,28 +123,39 @@ class PromptDADepth:
         return list(self._predictor.predict_batch(rgbs, lidar_depths_m, out_hw))
 
 
-MODELS: dict[str, Callable[[DepthConfig, Path], DepthModel]] = {
-    "lidar": lambda cfg, depth_dir: LidarResize(),
-    "guided": lambda cfg, depth_dir: GuidedUpsampler(),
-    **{name: (lambda cfg, depth_dir, name=name: PromptDADepth(name, cfg, depth_dir / WEIGHTS_HASH_CACHE))
-       for name in DEPTH_MODELS if name.startswith("promptda-")},
-}
-"""Depth model name -> factory(cfg, WORKDIR/depth) -> DepthModel (cheap: nothing heavy is loaded)."""
+def build(name: str, cfg: DepthConfig, depth_root: Path) -> DepthModel:
+    """The registered model `name` (pipeline.depth_models), cheaply: nothing heavy is loaded yet."""
+    spec = DEPTH_MODELS[name]
+    module, cls = spec.builder.split(":")
+    return getattr(importlib.import_module(module), cls).build(spec, cfg, Path(depth_root))
+
+
+def produced_model(workdir: WorkDirLike) -> str:
+    """The model whose depth maps the depth stage finished last in this work directory (what `promptmesh fuse`
+    fuses when no model is named), or a PromptmeshError saying to run the depth stage."""
+    wd = WorkDir(workdir)
+    finished = [(Manifest.path_in(d).stat().st_mtime_ns, d.name) for d in sorted(wd.depth_root.glob("*"))
+                if d.name in DEPTH_MODELS and Manifest.read(d) is not None]
+    if not finished:
+        raise PromptmeshError(f"{wd.depth_root}: no finished depth maps; run `promptmesh depth {wd.root}` first")
+    name = max(finished)[1]
+    log.info("depth model auto: %s (the depth maps the depth stage wrote last)", name)
+    return name
 
 
 def resolve_model_name(cfg: DepthConfig) -> str:
-    """cfg.model, with "auto" -> promptda-vits when its weights are available offline, else guided."""
-    if cfg.model != "auto":
+    """cfg.model, with "auto" -> AUTO_PREFERRED when its weights are available offline, else AUTO_FALLBACK."""
+    if cfg.model != AUTO:
         return cfg.model
     from . import promptda_io
 
-    path = promptda_io.weights_available(AUTO_PROMPTDA, cfg.weights or None)
+    path = promptda_io.weights_available(AUTO_PREFERRED, cfg.weights or None)
     if path is not None:
-        log.info("depth model auto: %s (weights %s)", AUTO_PROMPTDA, path)
-        return AUTO_PROMPTDA
-    where = cfg.weights or f"{promptda_io.MODELS[AUTO_PROMPTDA][1]} in the local Hugging Face cache"
-    log.info("depth model auto: no PromptDA weights found at %s; using guided", where)
-    return "guided"
+        log.info("depth model auto: %s (weights %s)", AUTO_PREFERRED, path)
+        return AUTO_PREFERRED
+    where = cfg.weights or f"{DEPTH_MODELS[AUTO_PREFERRED].weights_repo} in the local Hugging Face cache"
+    log.info("depth model auto: no PromptDA weights found at %s; using %s", where, AUTO_FALLBACK)
+    return AUTO_FALLBACK
 
 
 def cached_weights_sha256(path: Path, cache_file: Path) -> str:
@@ -226,8 +239,10 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
     name = resolve_model_name(cfg)
     upstream = upstream_fingerprint(wd.capture, "ingest")
     stage_dir = wd.depth(name)
-    model = MODELS[name](cfg, wd.depth_root)
-    settings = {"model": name, "long_side_px": cfg.long_side_px, **model.settings}
+    spec = DEPTH_MODELS[name]
+    model = build(name, cfg, wd.depth_root)
+    settings = {"model": name, "long_side_px": cfg.long_side_px, **model.settings,
+                "fuse_confidence_mask": spec.passes_lidar_through}
     stamp = fingerprint(STAGE, settings, [upstream])
     done = is_current(stage_dir, stamp)
     if done and not force:
@@ -248,7 +263,7 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
                disable=None, leave=False)
 
     def load(i: int) -> _Frame:
-        return _load_frame(table, i, model.uses_rgb)
+        return _load_frame(table, i, spec.uses_rgb)
 
     def write(item: tuple[str, np.ndarray]) -> tuple[str, float]:
         stem, depth_m = item

@@ -370,6 +370,11 @@ class _FrameByFrame:
     batch_size = 1
     frames_in_parallel = True  # numpy/OpenCV on one frame: thread-safe, one core each
 
+    @classmethod
+    def build(cls, spec, cfg, depth_root):
+        """The registry's constructor (pipeline.depth_models): these models need no settings or files."""
+        return cls()
+
     def predict(self, rgb: np.ndarray, lidar_depth_m: np.ndarray, confidence: Optional[np.ndarray],
                 out_hw: tuple[int, int]) -> np.ndarray:
         raise NotImplementedError
@@ -383,9 +388,7 @@ class LidarResize(_FrameByFrame):
     """`lidar`: the LiDAR depth resized to the output size (normalised bilinear; the baseline)."""
 
     name = "lidar"
-    uses_rgb = False
-    settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE,
-                "fuse_confidence_mask": True}  # passes the LiDAR through: fusion drops its low-confidence pixels
+    settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE}
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return resize_lidar(lidar_depth_m, out_hw)
@@ -395,12 +398,10 @@ class GuidedUpsampler(_FrameByFrame):
     """`guided`: RGB-guided, confidence-weighted, flying-pixel-free upsampling (module docstring)."""
 
     name = "guided"
-    uses_rgb = True
 
     def __init__(self, params: GuidedParams = GuidedParams()):
         self.params = params
-        # it weighs, snaps or drops low-confidence samples itself: fusion must not mask what it repaired
-        self.settings = {"method": "guided-v2", **dataclasses.asdict(params), "fuse_confidence_mask": False}
+        self.settings = {"method": "guided-v2", **dataclasses.asdict(params)}
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return guided_upsample(rgb, lidar_depth_m, confidence, out_hw, self.params)

@@ -25,18 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.depth.promptda import PATCH_SIZE, PromptDA, build_model
+from pipeline.depth_models import DEPTH_MODELS
 from pipeline.errors import PromptmeshError
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "model.ckpt"
-MODELS: Dict[str, Tuple[str, Optional[str]]] = {
-    # name -> (variant, default Hugging Face repo id)
-    "promptda-vits": ("vits", "depth-anything/prompt-depth-anything-vits"),
-    "promptda-vits-transparent": ("vits", "depth-anything/prompt-depth-anything-vits-transparent"),
-    "promptda-vitl": ("vitl", "depth-anything/prompt-depth-anything-vitl"),
-    "promptda-vitb": ("vitb", None),  # architecture only: no official checkpoint exists
-}
 _KEY_ROOTS = ("pretrained.", "depth_head.", "_mean", "_std")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -46,17 +40,16 @@ WeightsArg = Union[str, Path, None]
 # --------------------------------------------------------------------------- weights
 
 
-def model_spec(name_or_variant: str) -> Tuple[str, str, Optional[str]]:
-    """"promptda-vits" or "vits" -> (name, variant, default repo id or None)."""
+def model_spec(name_or_variant: str) -> Tuple[str, str, str]:
+    """"promptda-vits" or "vits" -> (name, variant, official repo id), from the registry (pipeline.depth_models)."""
     name = name_or_variant if name_or_variant.startswith("promptda-") else f"promptda-{name_or_variant}"
-    if name not in MODELS:
-        raise PromptmeshError(f"unknown PromptDA model {name_or_variant!r}; use one of "
-                              f"{', '.join(n for n, (_, repo) in MODELS.items() if repo)}")
-    return (name, *MODELS[name])
+    checkpoints = {n: s for n, s in DEPTH_MODELS.items() if s.variant}
+    if name not in checkpoints:
+        raise PromptmeshError(f"unknown PromptDA model {name_or_variant!r}; use one of {', '.join(checkpoints)}")
+    return name, checkpoints[name].variant, checkpoints[name].weights_repo
 
 
-def _download_hint(repo_id: Optional[str]) -> str:
-    repo = repo_id or "depth-anything/prompt-depth-anything-vits"
+def _download_hint(repo: str) -> str:
     return (f"download them with `hf download {repo} {CHECKPOINT_FILE}` (older huggingface_hub: "
             f"`huggingface-cli download {repo} {CHECKPOINT_FILE}`), or pass --weights /path/to/{CHECKPOINT_FILE}")
 
@@ -69,9 +62,6 @@ def resolve_weights(name_or_variant: str, weights: WeightsArg = None) -> Path:
     """
     name, _, default_repo = model_spec(name_or_variant)
     if weights is None or str(weights) == "":
-        if default_repo is None:
-            raise PromptmeshError(f"{name}: there are no official weights for this variant; "
-                                  f"pass --weights /path/to/{CHECKPOINT_FILE}")
         weights = default_repo
     path = Path(weights).expanduser()
     if path.is_file():

@@ -1,7 +1,8 @@
 """File helpers shared by the capture readers: decode one frame's files, or raise PromptmeshError naming the file.
 
 Every loader here turns "missing", "truncated" and "wrong kind of image" into a one-line PromptmeshError
-that names the file, so that ingest can warn, skip the frame and count it. Header readers (`png_size`,
+that names the file (through `pipeline.images`, with the fix `CAPTURE_FIX`), so that ingest can warn, skip the
+frame and count it. Header readers (`png_size`,
 `jpeg_size`) look at a few bytes only, so a reader can learn image sizes without decoding.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from ..geometry import pose_from_quaternion_translation
 from .. import images
 
 JPEG_EOI = b"\xff\xd9"
+CAPTURE_FIX = "re-export the capture or delete this frame"
+"""What to do about a damaged file of a capture."""
 
 # FFmpeg (inside OpenCV's video reader) prints its own diagnostics ("moov atom not found") on stderr, around
 # the one-line errors promptmesh gives for damaged videos; silence it unless the user asked otherwise.
@@ -27,13 +30,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 def read_bytes(path: Path, what: str = "file") -> bytes:
-    path = Path(path)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise PromptmeshError(f"{path}: {what} missing; re-export the capture or delete this frame") from None
-    except OSError as e:
-        raise PromptmeshError(f"{path}: cannot read {what} ({e.strerror}); check the file") from None
+    """`images.read_bytes` with the capture's fix."""
+    return images.read_bytes(path, what, CAPTURE_FIX)
 
 
 def load_json(path: Path, what: str = "metadata") -> Any:
@@ -45,27 +43,14 @@ def load_json(path: Path, what: str = "metadata") -> Any:
         raise PromptmeshError(f"{path}: unreadable {what} JSON ({e}); re-export the capture") from None
 
 
-def decode_png(data: bytes, name: str, dtype: type) -> np.ndarray:
-    """PNG bytes -> (h, w) array of `dtype` (uint16 depth or uint8 confidence), as stored."""
-    # A PNG ends with its IEND chunk; checking first keeps OpenCV from logging its own warning for a cut file.
-    img = images.decode_png(data) if b"IEND" in data[-12:] else None
-    if img is None:
-        raise PromptmeshError(f"{name}: unreadable or truncated PNG; re-export the capture or delete this frame")
-    if img.ndim != 2 or img.dtype != dtype:
-        raise PromptmeshError(f"{name}: expected a one-channel {np.dtype(dtype).name} PNG, got {img.dtype} with "
-                              f"shape {img.shape}")
-    return img
-
-
 def read_depth_png_m(path: Path) -> np.ndarray:
     """uint16 millimetre PNG (0 = no measurement) -> (h, w) float32 metres."""
-    mm = decode_png(read_bytes(path, "depth PNG"), str(path), np.uint16)
-    return mm.astype(np.float32) / np.float32(1000.0)  # millimetres -> metres; 0 stays 0
+    return images.depth_mm_to_m(images.decode_png_as(read_bytes(path, "depth PNG"), path, np.uint16, CAPTURE_FIX))
 
 
 def read_uint8_png(path: Path, what: str = "confidence PNG") -> np.ndarray:
     """8-bit one-channel PNG (ARKit confidence 0/1/2) -> (h, w) uint8."""
-    return decode_png(read_bytes(path, what), str(path), np.uint8)
+    return images.decode_png_as(read_bytes(path, what), path, np.uint8, CAPTURE_FIX)
 
 
 def decode_jpeg(data: bytes, name: str, flags: int = cv2.IMREAD_COLOR) -> np.ndarray:
@@ -75,11 +60,10 @@ def decode_jpeg(data: bytes, name: str, flags: int = cv2.IMREAD_COLOR) -> np.nda
     # libjpeg decodes a truncated file into a grey-padded image without failing: check the EOI marker
     # (encoders may pad a few zero bytes after it).
     if JPEG_EOI not in data[-64:]:
-        raise PromptmeshError(f"{name}: truncated JPEG (no end-of-image marker); re-export the capture or delete "
-                              "this frame")
+        raise PromptmeshError(f"{name}: truncated JPEG (no end-of-image marker); {CAPTURE_FIX}")
     img = images.decode_image(data, flags)
     if img is None:
-        raise PromptmeshError(f"{name}: unreadable JPEG; re-export the capture or delete this frame")
+        raise PromptmeshError(f"{name}: unreadable JPEG; {CAPTURE_FIX}")
     return img
 
 

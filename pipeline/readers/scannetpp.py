@@ -52,6 +52,7 @@ import numpy as np
 from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
 from ..geometry import intrinsics_matrix, quaternion_to_matrix, scale_intrinsics
+from .. import images
 from .common import clean_depth_m, jpeg_size, load_json, read_bytes, read_depth_png_m, read_jpeg_rgb
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class DepthBin:
         except lz4.block.LZ4BlockError:
             raw = b""
         if len(raw) == 2 * n:
-            return np.frombuffer(raw, "<u2").reshape(DEPTH_WH[::-1]).astype(np.float32) / np.float32(1000.0)
+            return images.depth_mm_to_m(np.frombuffer(raw, "<u2").reshape(DEPTH_WH[::-1]))
         try:
             raw = zlib.decompress(data, wbits=-zlib.MAX_WBITS)
         except zlib.error:

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
+from .. import images
 from .common import png_size, pose_or_nan, read_depth_png_m, read_uint8_png
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _read_depth_m(path: Path) -> np.ndarray:
         raise PromptmeshError(f"{path}: unreadable or truncated .npy depth map ({e}); delete this frame") from None
     if mm.ndim != 2 or mm.dtype != np.uint16:
         raise PromptmeshError(f"{path}: expected a 2-D uint16 millimetre array, got {mm.dtype} {mm.shape}")
-    return mm.astype(np.float32) / np.float32(1000.0)  # millimetres -> metres
+    return images.depth_mm_to_m(mm)
 
 
 class StrayReader:
