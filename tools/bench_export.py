@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"mean **{1000 * summary['distance_to_full_mean_m']:.2f} mm**, p95 **{1000 * summary['distance_to_full_p95_m']:.2f} mm**; "
         f"{100 * summary['texels_seen_share']:.1f} % of the covered texels seen by a frame.",
         "",
-        f"Texture fidelity, ray cast from {n_frames} capture poses (every {args.frame_stride}th frame) on the "
+        f"Texture fidelity, ray cast from {n_frames} capture poses (one frame in {args.frame_stride}) on the "
         f"{n_pixels:,} pixels both meshes hit at the same depth (3 cm), against the RGB frames:",
         "",
         "| mesh | PSNR |",
