@@ -127,7 +127,7 @@ class ExportConfig:
     """Bake the texture from every n-th kept frame."""
     occlusion_tolerance_m: float = 0.02
     """A texel is seen by a frame when its depth along the ray is within this of the mesh's first hit, metres."""
-    padding_px: int = 4
+    padding_px: int = 2
     """Texels by which each UV chart's colours are dilated into the empty atlas around it (hides seams in
     mipmaps and bilinear lookups), pixels."""
     depth_test_long_side_px: int = 640
