@@ -36,7 +36,7 @@ import numpy as np
 
 from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, file_sha256,
                         fingerprint, is_current, upstream_fingerprint)
-from .config import PipelineConfig, apply_toml, read_toml, validate
+from .config import EvalConfig, PipelineConfig, apply_toml, read_toml, validate
 from .report import TABLE_COLUMNS, results_table
 from .errors import PromptmeshError
 from .metrics import table2_metrics
@@ -80,12 +80,9 @@ def apply_protocol(cfg: PipelineConfig, protocol: str, voxel_size_m: Optional[fl
 
 @dataclass(frozen=True)
 class Table2Eval:
-    """PromptDA Table 2 mesh evaluation on vertices (module doc)."""
+    """PromptDA Table 2 mesh evaluation on vertices (module doc); its threshold and downsampling are the eval
+    stage's (EvalConfig threshold_m, downsample_m)."""
 
-    threshold_m: float = 0.05
-    """Distance under which a vertex counts as correct (strict <), metres."""
-    downsample_m: float = 0.02
-    """Voxel size for downsampling both vertex sets, metres."""
     crop_margin_m: float = 0.1
     """The prediction is cropped to the GT bounding box grown by this, metres."""
     keep_largest_clusters: int = 0
@@ -93,28 +90,33 @@ class Table2Eval:
     cleanup uses 50)."""
 
 
-def run_table2_eval(ev: Table2Eval, workdir: WorkDirLike, gt_mesh: Path, force: bool = False) -> Path:
-    """OUT/mesh.ply against `gt_mesh` with `table2_metrics` -> OUT/eval_table2.json (cached like a stage)."""
+def run_table2_eval(ev: Table2Eval, eval_cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path,
+                    force: bool = False) -> Path:
+    """OUT/mesh.ply against `gt_mesh` with `table2_metrics` at eval_cfg's threshold and downsampling ->
+    OUT/eval_table2.json (cached like a stage)."""
     from .evaluate import load_mesh
 
     wd = WorkDir(workdir)
     stage_dir = wd.eval_table2
     out = wd.eval_table2_json
-    stamp = fingerprint("eval-table2", ev, [upstream_fingerprint(wd.mesh_stage, "mesh"), file_sha256(gt_mesh)])
+    settings = {"ev": ev, "threshold_m": eval_cfg.threshold_m, "downsample_m": eval_cfg.downsample_m}
+    stamp = fingerprint("eval-table2", settings, [upstream_fingerprint(wd.mesh_stage, "mesh"),
+                                                  file_sha256(gt_mesh)])
     if not force and is_current(stage_dir, stamp):
         return out
     t0 = time.perf_counter()
     gt_vertices, _ = load_mesh(gt_mesh, "ground-truth mesh")
     pred_vertices, pred_triangles = load_mesh(wd.mesh("ply"), "predicted mesh")
-    scores = table2_metrics(pred_vertices, pred_triangles, gt_vertices, ev.threshold_m, ev.downsample_m,
+    scores = table2_metrics(pred_vertices, pred_triangles, gt_vertices, eval_cfg.threshold_m, eval_cfg.downsample_m,
                             ev.crop_margin_m, ev.keep_largest_clusters)
-    report = {"threshold_m": ev.threshold_m, "downsample_m": ev.downsample_m, "crop_margin_m": ev.crop_margin_m,
+    report = {"threshold_m": eval_cfg.threshold_m, "downsample_m": eval_cfg.downsample_m,
+              "crop_margin_m": ev.crop_margin_m,
               "keep_largest_clusters": ev.keep_largest_clusters,
               **scores}
     atomic_write_json(out, report)
-    Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings={"ev": ev},
+    Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings=settings,
              summary={"seconds": round(time.perf_counter() - t0, 3)}).write(stage_dir)
-    log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", ev.threshold_m * 100,
+    log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", eval_cfg.threshold_m * 100,
              report["fscore"], report["accuracy_m"] * 100, report["completeness_m"] * 100, out)
     return out
 
@@ -222,7 +224,7 @@ def run_scene(job: SceneJob) -> dict:
                 continue
             report = json.loads(done.eval_path.read_text())
             if job.protocol == "promptda-table2":
-                report["table2"] = json.loads(run_table2_eval(job.table2, done.workdir, job.gt_mesh,
+                report["table2"] = json.loads(run_table2_eval(job.table2, cfg.eval, done.workdir, job.gt_mesh,
                                                               job.force).read_text())
             results[model] = report
     result = {"scene": job.scene_id, "models": results, "skipped": skipped,
@@ -306,8 +308,7 @@ def run(cfg: PipelineConfig, root: Path, out: Path, dataset: str, scenes: list[s
     scene_dirs = select_scenes(root, dataset, scenes)
     gt_of = _datasets()[dataset][1]
     reader = make_reader(dataset, pose_source)
-    table2 = Table2Eval(threshold_m=cfg.eval.threshold_m, downsample_m=cfg.eval.downsample_m,
-                        keep_largest_clusters=keep_largest_clusters)
+    table2 = Table2Eval(keep_largest_clusters=keep_largest_clusters)  # threshold and downsampling: cfg.eval
     level = logging.getLogger("pipeline").getEffectiveLevel()
     all_jobs = [SceneJob(sid, d, out.scene(sid), _existing(gt_of(d)), reader, cfg, tuple(models), protocol,
                          table2, force, level) for sid, d in scene_dirs.items()]
