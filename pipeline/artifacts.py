@@ -177,6 +177,9 @@ class Manifest:
     settings: dict
     summary: dict = dataclasses.field(default_factory=dict)
     """Counts and timings worth reporting (frames written, skipped, seconds)."""
+    handoff: dict = dataclasses.field(default_factory=dict)
+    """What this stage tells the next one (e.g. depth: `fuse_confidence_mask`; fuse: `depth_model`), declared
+    here rather than left for downstream to infer from `settings`; the stage taking it logs where it applies it."""
 
     @staticmethod
     def path_in(stage_dir: Path) -> Path:
@@ -197,10 +200,11 @@ class Manifest:
             return None  # unreadable manifest = stage not done
 
 
-def is_current(stage_dir: Path, expected_fingerprint: str) -> Manifest | None:
-    """The stage's manifest if it matches `expected_fingerprint` and all its outputs exist."""
+def is_current(stage_dir: Path, expected_fingerprint: str, handoff: tuple[str, ...] = ()) -> Manifest | None:
+    """The stage's manifest if it matches `expected_fingerprint`, all its outputs exist and it declares the
+    `handoff` keys (a manifest written before a stage declared them is redone)."""
     m = Manifest.read(stage_dir)
-    if m is None or m.fingerprint != expected_fingerprint:
+    if m is None or m.fingerprint != expected_fingerprint or not set(handoff) <= set(m.handoff):
         return None
     if not all((Path(stage_dir) / o).exists() for o in m.outputs):
         return None

@@ -11,7 +11,7 @@ Results: OUT/benchmark.json (per scene, per model, and the mean over scenes), OU
 laid out like Table 2 of the PromptDA paper, then per-scene tables) and OUT/benchmark.png.
 
 Protocols (docs/benchmark_protocols.md):
-- "default": ours (CONTRACTS §3): surface samples, culled and unculled; the table shows the culled numbers.
+- "default": ours (docs/contracts.md): surface samples, culled and unculled; the table shows the culled numbers.
 - "promptda-table2": PromptDA (CVPR 2025, arXiv 2412.14015v2) Table 2: every frame (no keyframe selection),
   depth at 1008x756, TSDF voxel 2 cm,
   truncation 0.15 m, depth cut at 5 m and no minimum; mesh *vertices*, GT uncropped and unculled, prediction
@@ -37,14 +37,17 @@ import numpy as np
 
 from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, file_sha256,
                         fingerprint, is_current, upstream_fingerprint)
-from .config import PipelineConfig, validate
-from .depth_models import DEPTH_MODELS
+from .config import EvalConfig, PipelineConfig, apply_toml, read_toml, validate
+from .report import TABLE_COLUMNS, results_table
 from .errors import PromptmeshError
+from .metrics import table2_metrics
 from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("default", "promptda-table2")
+PROTOCOL_DIR = Path(__file__).parent / "protocols"
+"""<protocol>.toml: the settings each protocol but "default" fixes."""
 
 SCENE_LISTS: dict[str, tuple[str, ...]] = {
     # PromptDA Table 2: ScanNet++ nvs_sem_val scenes used by the authors' evaluation
@@ -58,35 +61,29 @@ SCENE_LISTS["promptda-table2-ext"] = SCENE_LISTS["promptda-table2"] + ("31a2c91c
 
 # ----------------------------------------------------------------------------- protocols
 def apply_protocol(cfg: PipelineConfig, protocol: str, voxel_size_m: Optional[float] = None) -> PipelineConfig:
-    """The pipeline settings a protocol fixes (options given by the user are applied after this).
-
-    `voxel_size_m` replaces the protocol's TSDF voxel; the truncation stays the protocol's in metres.
-    """
+    """The pipeline settings a protocol fixes: the stage tables of pipeline/protocols/<protocol>.toml (options
+    given by the user are applied after this). Its [protocol] truncation_m is the TSDF truncation in metres,
+    kept when `voxel_size_m` replaces the protocol's voxel."""
     if protocol == "default":
         return cfg
-    if protocol != "promptda-table2":
+    if protocol not in PROTOCOLS:
         raise PromptmeshError(f"--protocol {protocol!r}: choose one of {list(PROTOCOLS)}")
-    r = dataclasses.replace
-    voxel_m = voxel_size_m or 0.02
-    cfg = r(cfg,
-            ingest=r(cfg.ingest, all_frames=True),  # the paper fuses every frame
-            depth=r(cfg.depth, long_side_px=1008),  # 1920x1440 -> 1008x756; lidar = bilinear to the same size
-            fuse=r(cfg.fuse, voxel_size_m=voxel_m, sdf_trunc_voxels=0.15 / voxel_m, depth_min_m=0.0,
-                   depth_max_m=5.0, min_confidence=0),
-            mesh=r(cfg.mesh, min_component_triangles=0),
-            eval=r(cfg.eval, threshold_m=0.05, downsample_m=0.02))
-    validate(cfg, "--protocol promptda-table2")
+    path = PROTOCOL_DIR / f"{protocol}.toml"
+    data = read_toml(path)
+    truncation_m = data.pop("protocol")["truncation_m"]
+    cfg = apply_toml(cfg, path, data)
+    voxel_m = voxel_size_m or cfg.fuse.voxel_size_m
+    cfg = dataclasses.replace(cfg, fuse=dataclasses.replace(cfg.fuse, voxel_size_m=voxel_m,
+                                                            sdf_trunc_voxels=truncation_m / voxel_m))
+    validate(cfg, f"--protocol {protocol}")
     return cfg
 
 
 @dataclass(frozen=True)
 class Table2Eval:
-    """PromptDA Table 2 mesh evaluation on vertices (module doc)."""
+    """PromptDA Table 2 mesh evaluation on vertices (module doc); its threshold and downsampling are the eval
+    stage's (EvalConfig threshold_m, downsample_m)."""
 
-    threshold_m: float = 0.05
-    """Distance under which a vertex counts as correct (strict <), metres."""
-    downsample_m: float = 0.02
-    """Voxel size for downsampling both vertex sets, metres."""
     crop_margin_m: float = 0.1
     """The prediction is cropped to the GT bounding box grown by this, metres."""
     keep_largest_clusters: int = 0
@@ -94,55 +91,33 @@ class Table2Eval:
     cleanup uses 50)."""
 
 
-def largest_clusters(vertices: np.ndarray, triangles: np.ndarray, n: int) -> np.ndarray:
-    """Vertices used by the `n` largest edge-connected triangle clusters (Open3D), (V,3) -> (V',3)."""
-    import open3d as o3d
-
-    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(vertices),
-                                     o3d.utility.Vector3iVector(np.asarray(triangles, np.int32)))
-    labels, counts, _ = mesh.cluster_connected_triangles()
-    labels, counts = np.asarray(labels), np.asarray(counts)
-    keep = np.argsort(counts)[::-1][:n]
-    return vertices[np.unique(np.asarray(triangles)[np.isin(labels, keep)])]
-
-
-def table2_metrics(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
-                   ev: Table2Eval) -> dict:
-    """Acc/Comp/Prec/Recall/F between mesh vertices the PromptDA way (GT uncropped, prediction cropped to the
-    GT box +- margin, both voxel-downsampled). Zero scores when no predicted vertex is left."""
-    from .metrics import mesh_metrics, voxel_downsample
-
-    pred = (largest_clusters(pred_vertices, pred_triangles, ev.keep_largest_clusters)
-            if ev.keep_largest_clusters > 0 else np.asarray(pred_vertices, np.float64))
-    lo, hi = gt_vertices.min(0) - ev.crop_margin_m, gt_vertices.max(0) + ev.crop_margin_m
-    pred = pred[np.all((pred >= lo) & (pred <= hi), axis=1)]
-    if len(pred) == 0:
-        return {"accuracy_m": float("inf"), "completeness_m": float("inf"), "precision": 0.0, "recall": 0.0,
-                "fscore": 0.0}
-    return mesh_metrics(voxel_downsample(pred, ev.downsample_m), voxel_downsample(gt_vertices, ev.downsample_m),
-                        ev.threshold_m)
-
-
-def run_table2_eval(ev: Table2Eval, workdir: WorkDirLike, gt_mesh: Path, force: bool = False) -> Path:
-    """OUT/mesh.ply against `gt_mesh` with `table2_metrics` -> OUT/eval_table2.json (cached like a stage)."""
+def run_table2_eval(ev: Table2Eval, eval_cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path,
+                    force: bool = False) -> Path:
+    """OUT/mesh.ply against `gt_mesh` with `table2_metrics` at eval_cfg's threshold and downsampling ->
+    OUT/eval_table2.json (cached like a stage)."""
     from .evaluate import load_mesh
 
     wd = WorkDir(workdir)
     stage_dir = wd.eval_table2
     out = wd.eval_table2_json
-    stamp = fingerprint("eval-table2", ev, [upstream_fingerprint(wd.mesh_stage, "mesh"), file_sha256(gt_mesh)])
+    settings = {"ev": ev, "threshold_m": eval_cfg.threshold_m, "downsample_m": eval_cfg.downsample_m}
+    stamp = fingerprint("eval-table2", settings, [upstream_fingerprint(wd.mesh_stage, "mesh"),
+                                                  file_sha256(gt_mesh)])
     if not force and is_current(stage_dir, stamp):
         return out
     t0 = time.perf_counter()
     gt_vertices, _ = load_mesh(gt_mesh, "ground-truth mesh")
     pred_vertices, pred_triangles = load_mesh(wd.mesh("ply"), "predicted mesh")
-    report = {"threshold_m": ev.threshold_m, "downsample_m": ev.downsample_m, "crop_margin_m": ev.crop_margin_m,
+    scores = table2_metrics(pred_vertices, pred_triangles, gt_vertices, eval_cfg.threshold_m, eval_cfg.downsample_m,
+                            ev.crop_margin_m, ev.keep_largest_clusters)
+    report = {"threshold_m": eval_cfg.threshold_m, "downsample_m": eval_cfg.downsample_m,
+              "crop_margin_m": ev.crop_margin_m,
               "keep_largest_clusters": ev.keep_largest_clusters,
-              **table2_metrics(pred_vertices, pred_triangles, gt_vertices, ev)}
+              **scores}
     atomic_write_json(out, report)
-    Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings={"ev": ev},
+    Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings=settings,
              summary={"seconds": round(time.perf_counter() - t0, 3)}).write(stage_dir)
-    log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", ev.threshold_m * 100,
+    log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", eval_cfg.threshold_m * 100,
              report["fscore"], report["accuracy_m"] * 100, report["completeness_m"] * 100, out)
     return out
 
@@ -226,8 +201,9 @@ def finished(job: SceneJob) -> Optional[dict]:
 def run_scene(job: SceneJob) -> dict:
     """ingest -> per model: depth -> (fuse -> mesh -> eval [-> Table 2 eval]) | depth metrics; returns and
     stores {"scene", "models": {model: eval dict}, "skipped": {model: why}, "seconds", "fingerprint"}."""
-    from . import depth, evaluate, fuse, ingest, mesh
+    from . import evaluate, ingest
     from .capture import CaptureTable
+    from .runner import run_models
 
     done = finished(job)
     if done is not None:
@@ -235,33 +211,23 @@ def run_scene(job: SceneJob) -> dict:
     t0 = time.perf_counter()
     cfg = job.cfg
     results: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
     with WorkdirLock(job.workdir):
         ingest.run(cfg.ingest, job.scene_dir, job.workdir, force=job.force, reader=job.reader)
-        for model in job.models:
-            try:
-                depth.run(dataclasses.replace(cfg.depth, model=model), job.workdir, force=job.force)
-            except PromptmeshError as e:
-                if not DEPTH_MODELS[model].needs_weights:
-                    raise
-                log.warning("benchmark %s: %s skipped: %s", job.scene_id, model, e)
-                skipped[model] = str(e)
-                continue
+        # without a GT mesh (ARKitScenes) only the depth maps are scored: no fusion
+        runs, skipped = run_models(cfg, job.workdir, list(job.models), job.gt_mesh, job.force,
+                                   through_fusion=job.gt_mesh is not None)
+        for model, done in runs.items():
             if job.gt_mesh is None:
                 sums = evaluate.depth_errors(job.workdir, CaptureTable.load(job.workdir), model)
                 if sums is None:
                     raise PromptmeshError(f"{job.scene_dir}: neither a GT mesh nor GT depth to evaluate against")
                 results[model] = {"depth": sums.metrics()}
                 continue
-            out = job.workdir.compare_model(model)
-            fuse.run(cfg.fuse, out, depth_model=model, force=job.force)
-            mesh.run(cfg.mesh, out, force=job.force)
-            report = json.loads(evaluate.run(cfg.eval, out, gt_mesh=job.gt_mesh, force=job.force).read_text())
+            report = json.loads(done.eval_path.read_text())
             if job.protocol == "promptda-table2":
-                report["table2"] = json.loads(run_table2_eval(job.table2, out, job.gt_mesh, job.force).read_text())
+                report["table2"] = json.loads(run_table2_eval(job.table2, cfg.eval, done.workdir, job.gt_mesh,
+                                                              job.force).read_text())
             results[model] = report
-    if not results:
-        raise PromptmeshError(f"{job.scene_dir}: no depth model could run ({skipped}); add lidar or guided")
     result = {"scene": job.scene_id, "models": results, "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 2),
               "fingerprint": fingerprint("benchmark-scene", job.settings())}
@@ -343,8 +309,7 @@ def run(cfg: PipelineConfig, root: Path, out: Path, dataset: str, scenes: list[s
     scene_dirs = select_scenes(root, dataset, scenes)
     gt_of = _datasets()[dataset][1]
     reader = make_reader(dataset, pose_source)
-    table2 = Table2Eval(threshold_m=cfg.eval.threshold_m, downsample_m=cfg.eval.downsample_m,
-                        keep_largest_clusters=keep_largest_clusters)
+    table2 = Table2Eval(keep_largest_clusters=keep_largest_clusters)  # threshold and downsampling: cfg.eval
     level = logging.getLogger("pipeline").getEffectiveLevel()
     all_jobs = [SceneJob(sid, d, out.scene(sid), _existing(gt_of(d)), reader, cfg, tuple(models), protocol,
                          table2, force, level) for sid, d in scene_dirs.items()]
@@ -385,8 +350,6 @@ def _existing(path: Optional[Path]) -> Optional[Path]:
 def table_columns(protocol: str) -> list[tuple]:
     """(header, section, key, scale, format) columns: depth metrics, then Acc/Comp/Prec/Recall/F of the
     protocol (culled surface samples by default; mesh vertices for Table 2)."""
-    from .compare import TABLE_COLUMNS
-
     mesh_section = "table2" if protocol == "promptda-table2" else "culled"
     return [(h, mesh_section if s == "culled" else s, k, sc, f) for h, s, k, sc, f in TABLE_COLUMNS
             if s != "unculled" or protocol == "default"]
@@ -408,15 +371,9 @@ def mean_over_scenes(results: dict[str, dict], models: list[str]) -> dict[str, d
     return mean
 
 
-def _row(values: dict, cols: list[tuple]) -> list[str]:
-    return [c[4].format(values[c[1]][c[2]] * c[3]) if c[2] in values.get(c[1], {}) else "–" for c in cols]
-
-
 def markdown(results: dict[str, dict], mean: dict[str, dict], failed: dict[str, str], dataset: str,
              protocol: str, cfg: PipelineConfig, chart: Optional[Path]) -> str:
     cols = [c for c in table_columns(protocol) if any(c[1] in m for m in mean.values())]
-    head = "| " + " | ".join(c[0] for c in cols) + " |"
-    rule = "|---" * len(cols) + "|"
     mesh = ("mesh vertices, GT uncropped and unculled, prediction cropped to the GT box ± 0.1 m"
             if protocol == "promptda-table2" else "surface samples, GT culled to what the cameras saw")
     lines = [f"# Benchmark: {dataset}, protocol {protocol}", "",
@@ -427,13 +384,11 @@ def markdown(results: dict[str, dict], mean: dict[str, dict], failed: dict[str, 
              + f"depth {cfg.fuse.depth_min_m:g}-{cfg.fuse.depth_max_m:g} m. Mesh metrics: {mesh}; both downsampled at "
              f"{cfg.eval.downsample_m * 100:g} cm, threshold {cfg.eval.threshold_m * 100:g} cm. Means are over "
              "scenes (each scene weighs the same).", "",
-             "## Mean over scenes", "", "| model | scenes " + head, "|---|---" + rule]
-    for model, m in mean.items():
-        lines.append(f"| {model} | {m['n_scenes']} | " + " | ".join(_row(m, cols)) + " |")
-    lines += ["", "## Per scene", "", "| scene | model " + head, "|---|---" + rule]
-    for sid, r in results.items():
-        for model, ev in r["models"].items():
-            lines.append(f"| {sid} | {model} | " + " | ".join(_row(ev, cols)) + " |")
+             "## Mean over scenes", "",
+             *results_table([((model, str(m["n_scenes"])), m) for model, m in mean.items()], cols, ("model", "scenes")),
+             "", "## Per scene", "",
+             *results_table([((sid, model), ev) for sid, r in results.items() for model, ev in r["models"].items()],
+                            cols, ("scene", "model"))]
     skipped = {(sid, m): why for sid, r in results.items() for m, why in r.get("skipped", {}).items()}
     if skipped or failed:
         lines += ["", "## Not evaluated", ""]

@@ -5,7 +5,7 @@ promptmesh conventions: camera_to_world in OpenCV camera axes (x right, y down, 
 the capture's own world frame (ARKit: y up, gravity-aligned), metres; K at RGB resolution in pixels;
 depth in metres (float32, 0 = no measurement). Nothing downstream of a reader knows the format.
 
-`ingest` writes the kept frames to WORKDIR/capture/ (CONTRACTS §2); `CaptureTable` reads that back.
+`ingest` writes the kept frames to WORKDIR/capture/ (docs/workdir.md); `CaptureTable` reads that back.
 """
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ class SourceFrame:
     """Source JPEG of this frame when it can be copied unchanged (no re-encoding); None for video."""
     source_name: str = ""
     """Human-readable name of the frame's main file, for warnings."""
+    pose_source: str = ""
+    """Where the frame's pose was read from, for warnings about it ('' = `source_name`), e.g.
+    "odometry.csv, frame 3"."""
 
 
 @dataclass

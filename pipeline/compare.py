@@ -10,7 +10,6 @@ with the reason), so the default model list works on machines without weights.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,30 +17,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import depth, evaluate, fuse, ingest, mesh
+from . import ingest
 from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_write_text
 from .capture import CaptureTable
 from .config import PipelineConfig
-from .depth_models import DEPTH_MODELS
 from .errors import PromptmeshError
 from .images import REDO, read_depth_m, read_image
+from .report import TABLE_COLUMNS, results_table
+from .runner import run_models
 from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
-
-TABLE_COLUMNS = [  # (header, section, key, scale, format)
-    ("L1 (cm)", "depth", "l1_m", 100, "{:.2f}"),
-    ("RMSE (cm)", "depth", "rmse_m", 100, "{:.2f}"),
-    ("AbsRel", "depth", "absrel", 1, "{:.4f}"),
-    ("δ0.5", "depth", "delta_0.5", 1, "{:.3f}"),
-    ("Coverage", "depth", "coverage", 1, "{:.3f}"),
-    ("Acc (cm)", "culled", "accuracy_m", 100, "{:.2f}"),
-    ("Comp (cm)", "culled", "completeness_m", 100, "{:.2f}"),
-    ("Prec", "culled", "precision", 1, "{:.3f}"),
-    ("Recall", "culled", "recall", 1, "{:.3f}"),
-    ("F", "culled", "fscore", 1, "{:.3f}"),
-    ("F unculled", "unculled", "fscore", 1, "{:.3f}"),
-]
 
 
 def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Path, models: list[str],
@@ -52,29 +38,14 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Path,
     if not gt_mesh.is_file():
         raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
     results: dict[str, dict] = {}
-    skipped: dict[str, str] = {}
     with WorkdirLock(wd):
         ingest.run(cfg.ingest, capture, wd, force=force)
-        for model in models:
-            log.info("compare: %s", model)
-            try:
-                depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force)
-            except PromptmeshError as e:
-                if not DEPTH_MODELS[model].needs_weights:
-                    raise
-                log.warning("compare: %s skipped: %s", model, e)
-                skipped[model] = str(e)
-                continue
-            out = wd.compare_model(model)
-            fuse.run(cfg.fuse, out, depth_model=model, force=force)
-            mesh.run(cfg.mesh, out, force=force)
-            eval_path = evaluate.run(cfg.eval, out, gt_mesh=gt_mesh, force=force)
-            results[model] = json.loads(Path(eval_path).read_text())
-            curve = json.loads(out.eval_curve.read_text())
+        runs, skipped = run_models(cfg, wd, models, gt_mesh, force)
+        for model, done in runs.items():
+            results[model] = json.loads(done.eval_path.read_text())
+            curve = json.loads(done.workdir.eval_curve.read_text())
             if "depth" in results[model]:  # metrics are on pixels valid in both: show how many those are
                 results[model]["depth"]["coverage"] = curve["depth"]["coverage"]
-        if not results:
-            raise PromptmeshError(f"compare: no model could run ({skipped}); add lidar or guided to --depth-models")
         figures = _figures(wd, gt_mesh, list(results), cfg)
         atomic_write_json(wd.compare_json, {"models": results, "skipped": skipped,
                                             "figures": [str(p.relative_to(wd.root)) for p in figures]})
@@ -90,15 +61,12 @@ def _voxel_text(voxel_size_m: float) -> str:
 
 def _markdown(results: dict, skipped: dict, figures: list[Path], wd: WorkDir, cfg: PipelineConfig) -> str:
     cols = [c for c in TABLE_COLUMNS if any(c[1] in r for r in results.values())]
+    table = results_table([((model,), r) for model, r in results.items()], cols, ("model",))
     lines = ["# Depth model comparison", "",
              f"TSDF voxel {_voxel_text(cfg.fuse.voxel_size_m)}, depth long side {cfg.depth.long_side_px} px; mesh "
              f"metrics at {cfg.eval.threshold_m * 100:g} cm, both meshes downsampled at "
              f"{cfg.eval.downsample_m * 100:g} cm; Acc/Comp/Prec/Recall/F on culled GT (seen by a camera).", "",
-             "| model | " + " | ".join(c[0] for c in cols) + " |",
-             "|---|" + "---|" * len(cols)]
-    for model, r in results.items():
-        cells = [c[4].format(r[c[1]][c[2]] * c[3]) if c[1] in r else "–" for c in cols]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+             *table]
     if skipped:
         lines += ["", "Skipped:"] + [f"- `{m}`: {why}" for m, why in skipped.items()]
     lines += [""] + [f"![{p.stem}]({p.relative_to(wd.root)})" for p in figures] + [""]

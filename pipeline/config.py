@@ -152,7 +152,7 @@ class ExportConfig:
     """Bake the texture from every n-th kept frame."""
     occlusion_tolerance_m: float = 0.02
     """A texel is seen by a frame when its depth along the ray is within this of the mesh's first hit, metres."""
-    padding_px: int = 4
+    padding_px: int = 2
     """Texels by which each UV chart's colours are dilated into the empty atlas around it (hides seams in
     mipmaps and bilinear lookups), pixels."""
     depth_test_long_side_px: int = 640
@@ -208,13 +208,22 @@ def load_config(path: Optional[Path] = None) -> PipelineConfig:
     cfg = PipelineConfig()
     if path is None:
         return cfg
-    path = Path(path)
+    return apply_toml(cfg, Path(path), read_toml(Path(path)))
+
+
+def read_toml(path: Path) -> dict:
+    """A TOML file's tables; PromptmeshError naming the file when it is missing or invalid."""
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise PromptmeshError(f"{path}: config file not found; pass an existing --config FILE.toml") from None
     except tomllib.TOMLDecodeError as e:
         raise PromptmeshError(f"{path}: invalid TOML ({e}); fix the file") from None
+
+
+def apply_toml(cfg: PipelineConfig, path: Path, data: dict) -> PipelineConfig:
+    """`cfg` with the stage tables of `data` (read from `path`) applied. Unknown sections/keys and wrong types
+    are errors naming the file."""
     sections = {}
     for section, values in data.items():
         if section not in {f.name for f in dataclasses.fields(PipelineConfig)}:

@@ -1,6 +1,6 @@
 """Stage 5, eval: OUT/mesh.* against a ground-truth mesh (and depth maps against GT depth) -> OUT/eval.json.
 
-Mesh metrics (CONTRACTS §3, the Atlas / NeuralRecon convention, `pipeline.metrics`): both meshes'
+Mesh metrics (docs/contracts.md, the Atlas / NeuralRecon convention, `pipeline.metrics`): both meshes'
 surfaces are sampled uniformly (area-weighted, one point per `sample_spacing_m`**2, fixed seeds), each
 sample set is voxel-downsampled at `downsample_m` (voxel centroids), then accuracy / completeness /
 precision / recall / F-score at `threshold_m` are measured between the two point sets.
@@ -66,8 +66,8 @@ def load_mesh(path: Path, what: str = "mesh") -> tuple[np.ndarray, np.ndarray]:
     """(V,3) float64 vertices and (T,3) int64 triangles of a PLY/OBJ/GLB/STL/OFF file (scenes are merged).
 
     PromptmeshError naming the file when it is missing, unreadable or has no triangles. PLY files go
-    straight through trimesh's PLY parser: `trimesh.load` would also build colour visuals, ~2 s for a
-    3M-triangle mesh against 0.03 s.
+    straight through trimesh's PLY parser: `trimesh.load` would also build colour visuals, which takes far
+    longer than the parse for a mesh of millions of triangles.
     """
     import trimesh
 
@@ -262,9 +262,10 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
               "culled": culled, "unculled": unculled}
     curve = {"thresholds_m": list(CURVE_THRESHOLDS_M), "culled": scores.culled_curve,
              "unculled": scores.unculled_curve, "culling": scores.culling}
-    fuse_manifest = Manifest.read(wd.fuse)
-    depth_model = fuse_manifest.settings.get("depth_model") if fuse_manifest else None
+    depth_model = Manifest.read(wd.fuse).handoff.get("depth_model")  # fuse's manifest: the maps it fused
     depth_sums = depth_errors(wd, table, depth_model) if depth_model else None
+    if depth_sums is not None:
+        log.info("eval: depth metrics of depth/%s (the maps fusion used, from its manifest)", depth_model)
     if depth_sums is not None:
         report["depth"] = depth_sums.metrics()
         curve["depth"] = {"depth_model": depth_model, "pixels": depth_sums.n_pixels,

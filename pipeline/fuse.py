@@ -40,10 +40,12 @@ makes the file identical between runs (Open3D allocates blocks in a thread-depen
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +69,10 @@ from .workdir import WorkDir, WorkDirLike
 log = logging.getLogger(__name__)
 
 STAGE = "fuse"
+HANDOFF = ("depth_model",)
+"""What the manifest declares for eval: the depth model whose maps were fused."""
+_PRESIZED: dict = {}
+"""OUT/fuse -> (FuseConfig, Future of its block count), started by `presize_meanwhile`."""
 VOLUME_FORMAT = 2
 """Version of the saved volume's layout (module docstring); part of the fingerprint, so older files are redone."""
 PREFETCH_FRAMES = 4
@@ -308,36 +314,64 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- stage
-def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = False,
-        block_count: Optional[int] = None) -> Path:
+def presize_meanwhile(workdir: WorkDirLike, cfg: FuseConfig) -> None:
+    """Start importing Open3D and estimating the grid's pre-size (`estimate_block_count`, capture poses) on a
+    thread now, for the next `run` on this work directory to use (the runner calls it while depth runs)."""
+    def prepare() -> int:
+        importlib.import_module("open3d")
+        table = CaptureTable.load(workdir)
+        return estimate_block_count(table, resolve_voxel_size(cfg, table)[0])
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presize-fusion")
+    _PRESIZED[WorkDir(workdir).fuse] = (cfg, pool.submit(prepare))
+    pool.shutdown(wait=False)  # the thread ends after this one task
+
+
+def _presized(wd: WorkDir, cfg: FuseConfig) -> Optional[int]:
+    """The block count `presize_meanwhile` estimated for this fusion, if it did (and succeeded)."""
+    started = _PRESIZED.pop(wd.fuse, None)
+    if started is None or started[0] != cfg:
+        return None
+    try:
+        return started[1].result()
+    except PromptmeshError:  # run meets the same problem and reports it
+        return None
+
+
+def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = False) -> Path:
     """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = the WorkDir's `out`); returns OUT/fuse.
 
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
-    stage's manifest fingerprint, which in turn covers the capture. `block_count`: the grid's pre-size when
-    already computed by `estimate_block_count(table, cfg)` (the runner does so while depth runs).
+    stage's manifest fingerprint, which in turn covers the capture. The depth manifest's handoff says whether
+    to drop low-confidence pixels; this stage's handoff names the depth model for eval.
     """
     wd = WorkDir(workdir)
     out = wd.fuse
     depth_dir = wd.depth(depth_model)
     upstream = upstream_fingerprint(depth_dir, "depth")
-    if not Manifest.read(depth_dir).settings.get("fuse_confidence_mask", True):
+    depth_manifest = Manifest.read(depth_dir)
+    if not depth_manifest.handoff.get("fuse_confidence_mask", True) and cfg.min_confidence > 0:
+        log.info("fuse: depth/%s declares its maps repaired (fuse_confidence_mask false): min_confidence %d -> 0",
+                 depth_model, cfg.min_confidence)
         cfg = dataclasses.replace(cfg, min_confidence=0)  # the model already used or repaired those pixels
     settings = {"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "device"},
                 "depth_model": depth_model, "volume_format": VOLUME_FORMAT}
     stamp = fingerprint(STAGE, settings, [upstream])
-    if not force and is_current(out, stamp):
+    if not force and is_current(out, stamp, HANDOFF):
+        _PRESIZED.pop(out, None)
         log.info("fuse: up to date (%s)", out)
         return out
 
     table = CaptureTable.load(wd)
     device = select_device(cfg.device)
     t0 = time.perf_counter()
+    requested = cfg
     cfg, auto_depth_m = resolve_voxel_size(cfg, table)
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
     refined = refine_poses(table, cfg) if cfg.refine_poses else None
     camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
     t_presize = time.perf_counter()
-    block_count = block_count or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
+    block_count = _presized(wd, requested) or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
     log.info("fuse: %d frames of depth/%s on %s; voxel %s, trunc %.2f cm, depth %.2f-%.1f m, min confidence "
              "%d, %d blocks pre-sized", len(table), depth_model, device, voxel_line(cfg.voxel_size_m, auto_depth_m),
              cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
@@ -381,7 +415,8 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                       "seconds_refine": round(t_presize - t0, 3),
                       "seconds_presize": round(t_integrate - t_presize, 3),
                       "seconds_integrate": round(t_save - t_integrate, 3),
-                      "seconds_save": round(time.perf_counter() - t_save, 3)}).write(out)
+                      "seconds_save": round(time.perf_counter() - t_save, 3)},
+             handoff={"depth_model": depth_model}).write(out)
     log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
              seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, wd.tsdf)
     return out

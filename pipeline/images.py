@@ -5,10 +5,9 @@ traceback. This is the one read-or-raise layer: capture readers and stages alike
 
 Depth maps are ordinary PNGs (one IHDR, one IDAT, IEND; every row filtered with Sub), so any PNG reader opens
 them. libdeflate compresses and inflates about twice as fast as the zlib that OpenCV's libpng uses, and at
-level 1 the files come out ~25 % smaller: for a 1920x1440 map, writing takes ~17 ms instead of ~50 ms and
-reading ~11 ms instead of ~22 ms (docs/benchmarks.md, Fusion), which matters when a stage handles thousands
-of maps. `decode_png` takes the fast path for any non-interlaced 16-bit greyscale PNG whose rows use the None
-or Sub filter (OpenCV writes those too) and hands everything else to OpenCV (`decode_image`).
+level 1 the files come out smaller, which matters when a stage handles thousands of maps (docs/benchmarks.md,
+Fusion, measures both). `decode_png` takes the fast path for any non-interlaced 16-bit greyscale PNG whose rows
+use the None or Sub filter (OpenCV writes those too) and hands everything else to OpenCV (`decode_image`).
 
 Byte-level functions (`encode_depth_png`, `decode_png`, `decode_image`) are kept apart from the file helpers
 (`read_bytes`, `read_depth_mm`, `read_image`), which turn every failure into a one-line error naming the file and

@@ -1,4 +1,4 @@
-"""Stage 1, ingest: any supported capture -> the normalised capture in WORKDIR/capture/ (CONTRACTS §2).
+"""Stage 1, ingest: any supported capture -> the normalised capture in WORKDIR/capture/ (docs/workdir.md).
 
 Frames stream from the reader one at a time (memory does not grow with capture length); RGB JPEGs are
 copied byte for byte when the source has them, video frames are encoded once. Encoding and writing
@@ -157,7 +157,8 @@ def _readable(frames: Iterator[SourceFrame], cfg: IngestConfig, warn) -> Iterato
     unreadable is skipped with a warning)."""
     for frame in frames:
         if not is_valid_pose(frame.camera_to_world):
-            warn(f"{frame.source_name or frame.frame_index}: pose is not a finite rigid transform; frame skipped")
+            warn(f"{frame.pose_source or frame.source_name or frame.frame_index}: pose is not a finite rigid "
+                 "transform; frame skipped")
             continue
         cand = _Candidate(frame)
         if not cfg.all_frames:

@@ -63,12 +63,13 @@ def _flag(section: str, name: str) -> str:
     return FLAGS.get((section, name), "--" + name.replace("_", "-"))
 
 
-def _default_text(value: Any) -> str:
+def _toml(value: Any) -> str:
+    """A default as it is written in TOML."""
     if isinstance(value, bool):
-        return "yes" if value else "no"
+        return "true" if value else "false"
     if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return "''" if value == "" else str(value)
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def _click_type(section: str, name: str, typ: Any) -> dict:
@@ -113,7 +114,7 @@ def option_specs(sections: Iterable[str], exclude: Iterable[str] = (),
             default = getattr(defaults, f.name)
             text = HELP[section, f.name]() if (section, f.name) in HELP else docs.get(f.name, "")
             where = "/".join(owners) if f.name in SHARED else section
-            help_text = f"{text} [{where}] {f.name} [default: {_default_text(default)}]"
+            help_text = f"{text} [{where}] {f.name} [default: {_toml(default)}]"
             if hints[f.name] is bool:
                 names, kwargs = [f"{flag}/--no-{flag[2:]}"], {"default": None}
             else:
@@ -145,15 +146,6 @@ def build_config(config_path: Optional[Any], values: dict,
         for section in sections.split("_"):
             cfg = override(cfg, section, **{name: tuple(value) if isinstance(value, tuple) else value})
     return cfg
-
-
-def _toml(value: Any) -> str:
-    """A default as it is written in TOML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
-    return f'"{value}"' if isinstance(value, str) else str(value)
 
 
 def settings_table() -> str:

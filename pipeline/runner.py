@@ -6,11 +6,9 @@ stage's manifest fingerprint includes its upstream's). Timings go to WORKDIR/tim
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Optional
 
 from . import depth, evaluate, fuse, ingest, mesh
 from .artifacts import Manifest, WorkdirLock, atomic_write_json
-from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
 from .workdir import WorkDir, WorkDirLike
@@ -76,22 +73,59 @@ def _timed(timings: dict[str, float], stage: str):
     timings[stage] = round(time.perf_counter() - t0, 3)
 
 
-def _prepare_fusion_meanwhile(cfg: PipelineConfig, wd: WorkDir, force: bool) -> Optional[Future]:
-    """While the depth stage runs (it leaves part of a core idle), import Open3D (about a second on one core)
-    and estimate the voxel blocks to pre-size the grid for (it reads only the LiDAR maps): fusion then starts
-    integrating at once. Only when fusion is likely to run (no finished mesh yet); None otherwise."""
-    if not force and Manifest.read(wd.mesh_stage) is not None:
-        return None
+@dataclass
+class ModelRun:
+    """One depth model's pass through the stages (`run_model`)."""
 
-    def prepare() -> int:
-        importlib.import_module("open3d")
-        table = CaptureTable.load(wd)
-        return fuse.estimate_block_count(table, fuse.resolve_voxel_size(cfg.fuse, table)[0])
+    model: str
+    workdir: WorkDir
+    """Where its fusion onwards went (`WorkDir.out`)."""
+    mesh_paths: list[Path]
+    eval_path: Optional[Path]
+    fuse_ran: bool
+    """The fuse stage did work (was not up to date)."""
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-fusion")
-    future = pool.submit(prepare)
-    pool.shutdown(wait=False)  # the thread ends after this one task
-    return future
+
+def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Path] = None, force: bool = False,
+              timings: Optional[dict[str, float]] = None, through_fusion: bool = True) -> ModelRun:
+    """depth -> fuse -> mesh (-> eval with `gt_mesh`) of one depth model: its depth maps in wd.depth(model),
+    fusion onwards in wd.out. `through_fusion` False: the depth stage only. Seconds per stage go to `timings`."""
+    timings = {} if timings is None else timings
+    with _timed(timings, "depth"):
+        depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force)
+    if not through_fusion:
+        return ModelRun(model, wd, [], None, False)
+    with _timed(timings, "fuse"):
+        before = Manifest.read(wd.fuse)
+        fused = Manifest.read(fuse.run(cfg.fuse, wd, depth_model=model, force=force))
+    with _timed(timings, "mesh"):
+        mesh_paths = mesh.run(cfg.mesh, wd, force=force)
+    eval_path = None
+    if gt_mesh is not None:
+        with _timed(timings, "eval"):
+            eval_path = evaluate.run(cfg.eval, wd, gt_mesh=gt_mesh, force=force)
+    fuse_ran = before is None or fused.summary != before.summary  # each run's summary has its own seconds
+    return ModelRun(model, wd, list(mesh_paths), eval_path, fuse_ran)
+
+
+def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Optional[Path] = None,
+               force: bool = False, through_fusion: bool = True) -> tuple[dict[str, ModelRun], dict[str, str]]:
+    """`run_model` for each model on an ingested work directory, fusion onwards in compare/<model>/ (compare,
+    benchmark). A model that needs weights which are not available is skipped with the reason (the one place
+    of that rule): returns ({model: ModelRun}, {model: why skipped}); an error when no model could run."""
+    runs, skipped = {}, {}
+    for model in models:
+        why = depth.missing_weights(dataclasses.replace(cfg.depth, model=model))
+        if why is not None:
+            log.warning("%s skipped: %s", model, why)
+            skipped[model] = why
+            continue
+        log.info("depth model %s", model)
+        runs[model] = run_model(cfg, wd.compare_model(model), model, gt_mesh, force, through_fusion=through_fusion)
+    if not runs:
+        raise PromptmeshError(f"{wd.root}: no depth model could run ({skipped}); add lidar or guided to "
+                              "--depth-models")
+    return runs, skipped
 
 
 def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optional[Path] = None,
@@ -107,26 +141,12 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
         ingest_summary = Manifest.read(workdir.capture).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
-        prepared = _prepare_fusion_meanwhile(cfg, workdir, force)
-        with _timed(timings, "depth"):
-            depth.run(cfg.depth, workdir, force=force)
-        with _timed(timings, "fuse"):
-            block_count = None
-            if prepared is not None:
-                try:
-                    block_count = prepared.result()
-                except PromptmeshError:  # fuse.run meets the same problem and reports it
-                    pass
-            before = Manifest.read(workdir.fuse)
-            fused = Manifest.read(fuse.run(cfg.fuse, workdir, depth_model=model, force=force, block_count=block_count))
-        ran = before is None or fused.summary != before.summary  # each run's summary has its own seconds
-        refine_s = fused.summary.get("seconds_refine") if ran and cfg.fuse.refine_poses else None
-        with _timed(timings, "mesh"):
-            mesh_paths = mesh.run(cfg.mesh, workdir, force=force)
-        eval_path = None
-        if gt_mesh is not None:
-            with _timed(timings, "eval"):
-                eval_path = evaluate.run(cfg.eval, workdir, gt_mesh=gt_mesh, force=force)
+        if force or Manifest.read(workdir.mesh_stage) is None:  # fusion is likely to run: while depth leaves part
+            fuse.presize_meanwhile(workdir, cfg.fuse)          # of a core idle, import Open3D and pre-size the grid
+        done = run_model(cfg, workdir, model, gt_mesh, force, timings)
+        refine_s = (Manifest.read(workdir.fuse).summary.get("seconds_refine")
+                    if done.fuse_ran and cfg.fuse.refine_poses else None)
+        mesh_paths, eval_path = done.mesh_paths, done.eval_path
         atomic_write_json(workdir.timings_json, {"depth_model": model, "seconds": timings,
                                                  "fuse_seconds_refine_poses": refine_s})
     fuse_manifest = Manifest.read(workdir.fuse)

@@ -1,6 +1,6 @@
 """`promptmesh view`: WORKDIR/view/index.html, an offline page with the mesh, a measuring tool and the scores.
 
-Everything the page loads lies beside it (CONTRACTS §2): `mesh.glb`, `viewer.js`, the vendored three.js
+Everything the page loads lies beside it (docs/workdir.md): `mesh.glb`, `viewer.js`, the vendored three.js
 (`three/`, pinned, see pipeline/viewer_assets/three/VERSION) and the compare report's figures (`figures/`).
 Browsers refuse `fetch` from file:// URLs, so `serve` hands the folder out on 127.0.0.1.
 

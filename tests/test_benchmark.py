@@ -12,6 +12,7 @@ from pipeline import benchmark
 from pipeline.cli import cli
 from pipeline.config import PipelineConfig
 from pipeline.errors import PromptmeshError
+from pipeline.metrics import table2_metrics
 from pipeline.workdir import WorkDir
 
 SCENES = ["0a0a0a0a0a", "1b1b1b1b1b", "2c2c2c2c2c"]
@@ -140,15 +141,14 @@ def test_table2_metrics_hand_computed():
     near = np.array([[0.505, 0.505, 0.09], [0.515, 0.515, 0.09], [0.51, 0.51, 0.09]])
     pred = np.r_[gt + [0, 0, 0.01], far, near]
     pred_tri = np.r_[tri, [[n, n + 1, n + 2], [n + 3, n + 4, n + 5]]]
-    ev = benchmark.Table2Eval(threshold_m=0.05, downsample_m=0.02, crop_margin_m=0.1)
-    m = benchmark.table2_metrics(pred, pred_tri, gt, ev)
+    m = table2_metrics(pred, pred_tri, gt, 0.05, 0.02, 0.1)
     # 2500 downsampled grid points 1 cm off + the voxel of `near` 9 cm off
     assert m["accuracy_m"] == pytest.approx((2500 * 0.01 + 0.09) / 2501, abs=1e-9)
     assert m["precision"] == pytest.approx(2500 / 2501)
     assert m["completeness_m"] == pytest.approx(0.01, abs=1e-9) and m["recall"] == 1.0
-    m1 = benchmark.table2_metrics(pred, pred_tri, gt, dataclasses.replace(ev, keep_largest_clusters=1))
+    m1 = table2_metrics(pred, pred_tri, gt, 0.05, 0.02, 0.1, keep_largest_clusters=1)
     assert m1["accuracy_m"] == pytest.approx(0.01, abs=1e-9) and m1["fscore"] == 1.0
-    empty = benchmark.table2_metrics(far, np.array([[0, 1, 2]]), gt, ev)
+    empty = table2_metrics(far, np.array([[0, 1, 2]]), gt, 0.05, 0.02, 0.1)
     assert empty["fscore"] == 0.0 and empty["accuracy_m"] == float("inf")
 
 
@@ -164,3 +164,14 @@ def test_protocol_preset_and_scene_lists(snpp_root):
     with pytest.raises(PromptmeshError, match="scenes not found: \\['09c1414f1b'"):
         benchmark.select_scenes(snpp_root, "scannetpp", ["promptda-table2"])
     assert list(benchmark.select_scenes(snpp_root, "scannetpp", [SCENES[2], SCENES[0]])) == [SCENES[2], SCENES[0]]
+
+
+def test_table2_protocol_preset_settings():
+    cfg = benchmark.apply_protocol(PipelineConfig(), "promptda-table2")  # pipeline/protocols/promptda-table2.toml
+    assert (cfg.depth.long_side_px, cfg.fuse.voxel_size_m, cfg.fuse.depth_min_m, cfg.fuse.depth_max_m,
+            cfg.fuse.min_confidence, cfg.mesh.min_component_triangles, cfg.eval.threshold_m,
+            cfg.eval.downsample_m) == (1008, 0.02, 0.0, 5.0, 0, 0, 0.05, 0.02)
+    assert cfg.fuse.sdf_trunc_voxels * cfg.fuse.voxel_size_m == pytest.approx(0.15)
+    coarse = benchmark.apply_protocol(PipelineConfig(), "promptda-table2", voxel_size_m=0.05)
+    assert coarse.fuse.voxel_size_m == 0.05 and coarse.fuse.sdf_trunc_voxels * 0.05 == pytest.approx(0.15)
+    assert benchmark.apply_protocol(PipelineConfig(), "default") == PipelineConfig()

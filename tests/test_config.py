@@ -81,3 +81,13 @@ def test_generated_options_set_their_fields():
     assert {"--mesh-target-triangles", "--export-target-triangles"} <= both  # same name in two sections: qualified
     with pytest.raises(PromptmeshError, match="voxel_size_m"):
         build_config(None, {specs["--voxel-size"]: 2.0})  # ranges are the config's checks
+
+
+def test_readme_lists_every_registered_depth_model():
+    from pathlib import Path
+
+    from pipeline.depth_models import DEPTH_MODELS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert all(f"| `{name}` |" in readme for name in DEPTH_MODELS)
+    assert all(spec.weights_repo in readme for spec in DEPTH_MODELS.values())

@@ -286,3 +286,14 @@ def test_a_registered_model_runs_through_the_stage(tmp_path, monkeypatch):
     maps = read_all(out)
     assert len(maps) == N_FRAMES and all(m.shape == (30, 40) and (m == 1500).all() for m in maps.values())
     assert Manifest.read(out).settings["fuse_confidence_mask"] is False  # passes_lidar_through defaults to False
+
+
+def test_produced_model_is_the_one_the_depth_stage_wrote_last(tmp_path):
+    wd = make_workdir(tmp_path)
+    with pytest.raises(PromptmeshError, match="no finished depth maps; run `promptmesh depth"):
+        depth.produced_model(wd)
+    depth.run(DepthConfig(model="guided", long_side_px=32), wd)
+    depth.run(DepthConfig(model="lidar", long_side_px=32), wd)
+    assert depth.produced_model(wd) == "lidar"
+    depth.run(DepthConfig(model="guided", long_side_px=40), wd)  # rewritten: now the newest
+    assert depth.produced_model(wd) == "guided"

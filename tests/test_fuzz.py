@@ -259,8 +259,8 @@ def test_nan_inf_and_non_rigid_poses_are_skipped(capture, base, tmp_path):
     _set_pose_columns(cap / "odometry.csv", 1, ["nan", "0", "0", "0", "0", "0", "1"])
     _set_pose_columns(cap / "odometry.csv", 5, ["0", "inf", "0", "0", "0", "0", "1"])
     result = run(cap, tmp_path / "w", base)
-    assert_skipped(result, tmp_path / "w", 2, "000001.png: pose is not a finite rigid transform",
-                   "000005.png: pose is not a finite rigid transform")
+    assert_skipped(result, tmp_path / "w", 2, "odometry.csv, frame 1: pose is not a finite rigid transform",
+                   "odometry.csv, frame 5: pose is not a finite rigid transform")
     scanner = capture("3dscannerapp")
     meta = json.loads((scanner / "frame_00002.json").read_text())
     meta["cameraPoseARFrame"] = [2.0 * v for v in meta["cameraPoseARFrame"]]  # scale 2: not a rotation

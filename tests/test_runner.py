@@ -134,3 +134,22 @@ def test_guided_at_least_lidar_and_cli_report(capture, tmp_path):
     assert f"report:      {wd / 'cli' / 'eval.json'}" in out.stdout
     timings = json.loads(WorkDir(wd / "cli").timings_json.read_text())
     assert set(timings["seconds"]) == {"ingest", "depth", "fuse", "mesh", "eval"}
+
+
+def test_compare_runs_each_model_once_and_skips_missing_weights(capture, tmp_path):
+    from pipeline import compare
+
+    cfg = override(_cfg("lidar"), "eval", sample_spacing_m=0.02)
+    md = compare.run(cfg, capture["stray"], tmp_path / "cmp", gt_mesh=capture["gt_mesh"],
+                     models=["lidar", "promptda-vits"])  # the test session's Hugging Face cache is empty
+    wd = WorkDir(tmp_path / "cmp")
+    report = json.loads(wd.compare_json.read_text())
+    assert list(report["models"]) == ["lidar"] and "hf download" in report["skipped"]["promptda-vits"]
+    lidar = wd.compare_model("lidar")
+    assert report["models"]["lidar"] == {**json.loads(lidar.eval_json.read_text()),
+                                         "depth": {**json.loads(lidar.eval_json.read_text())["depth"],
+                                                   "coverage": report["models"]["lidar"]["depth"]["coverage"]}}
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| lidar |"))
+    assert f"{report['models']['lidar']['culled']['fscore']:.3f}" in row and "`promptda-vits`" in text
+    assert not lidar.depth("promptda-vits").exists() and lidar.mesh("ply").is_file()

@@ -11,7 +11,7 @@ Models are registered by name in `pipeline.depth_models` (what each needs and do
 
 plus `predict_batch` over lists of frames, `batch_size` and `settings` (what changes its output).
 `auto` picks promptda-vits when its weights are available offline, else guided (`resolve_model_name`).
-The manifest's settings say whether fusion should mask low-confidence pixels (`fuse_confidence_mask`: the
+The manifest declares for fusion (`handoff`) whether to mask low-confidence pixels (`fuse_confidence_mask`: the
 model passes the LiDAR through).
 
 Caching and resuming: the stage is up to date when its manifest (written last) matches the fingerprint of
@@ -55,13 +55,16 @@ from .classical import coverage
 log = logging.getLogger(__name__)
 
 STAGE = "depth"
+HANDOFF = ("model", "fuse_confidence_mask")
+"""What the manifest declares for fusion: the model, and whether to mask low-confidence pixels (the model passes
+the LiDAR through) or take the maps whole (it repaired them)."""
 WEIGHTS_HASH_CACHE = ".weights_sha256.json"
 """In WORKDIR/depth/: sha256 of weights files keyed by path, size and mtime (hashing 1 GB takes seconds)."""
 PREFETCH_FRAMES = 4
 """Frames read ahead of the model, and depth maps waiting to be written, at most (bounds memory)."""
 FRAME_WORKERS = 2
 """Threads predicting whole frames for models with `frames_in_parallel`; each holds one frame's working
-arrays. Two keep both cores of the reference machine (2 cores) busy: guided 169 -> 89 ms/frame."""
+arrays. Two keep both cores of the reference machine (2 cores) busy (docs/benchmarks.md measures the gain)."""
 
 
 class DepthModel(Protocol):
@@ -128,6 +131,20 @@ def build(name: str, cfg: DepthConfig, depth_root: Path) -> DepthModel:
     spec = DEPTH_MODELS[name]
     module, cls = spec.builder.split(":")
     return getattr(importlib.import_module(module), cls).build(spec, cfg, Path(depth_root))
+
+
+def missing_weights(cfg: DepthConfig) -> Optional[str]:
+    """Why cfg.model cannot run here (its weights are needed and not available offline: the message says how to
+    get them), or None. compare and benchmark skip such a model (`runner.run_models`)."""
+    if not DEPTH_MODELS[cfg.model].needs_weights:
+        return None
+    from . import promptda_io
+
+    try:
+        promptda_io.resolve_weights(cfg.model, cfg.weights or None)
+    except PromptmeshError as e:
+        return str(e)
+    return None
 
 
 def produced_model(workdir: WorkDirLike) -> str:
@@ -244,7 +261,7 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
     settings = {"model": name, "long_side_px": cfg.long_side_px, **model.settings,
                 "fuse_confidence_mask": spec.passes_lidar_through}
     stamp = fingerprint(STAGE, settings, [upstream])
-    done = is_current(stage_dir, stamp)
+    done = is_current(stage_dir, stamp, HANDOFF)
     if done and not force:
         log.info("depth: up to date (%s, %d frames)", stage_dir, len(done.outputs))
         return stage_dir
@@ -292,7 +309,8 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
                "size_wh": [out_w, out_h], "seconds": round(seconds, 3),
                "frames_per_s": round(len(todo) / seconds, 3) if todo and seconds > 0 else None,
                "coverage_mean_computed": round(float(np.mean(coverages)), 4) if coverages else None}
-    Manifest(STAGE, stamp, outputs=outputs, settings=settings, summary=summary).write(stage_dir)
+    Manifest(STAGE, stamp, outputs=outputs, settings=settings, summary=summary,
+             handoff={"model": name, "fuse_confidence_mask": spec.passes_lidar_through}).write(stage_dir)
     log.info("depth: %s wrote %d frames (%d reused) at %dx%d in %.1f s (%.2f frames/s), mean coverage %s -> %s",
              name, len(todo), summary["reused"], out_w, out_h, seconds, summary["frames_per_s"] or 0.0,
              summary["coverage_mean_computed"], stage_dir)

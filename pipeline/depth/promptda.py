@@ -10,9 +10,8 @@ prompt's [min, max] range, so the prediction is always inside the prompt's range
 The state_dict matches the official checkpoints key for key (strict load after stripping
 their key prefix); `tests/data/promptda/check_parity.py` checks the outputs against goldens.
 
-CPU users should expect ~3 s per frame at 756x1008 with ViT-S on 2 cores (fp32, SDPA;
-measured on an idle 2-core AMD EPYC: 2.8-3.2 s, vs ~10 s for the official code's
-explicit-softmax attention; about half of it is attention).
+Attention uses torch's scaled_dot_product_attention rather than the official code's explicit softmax
+(same results, several times faster on CPU); speeds per model and size are measured in docs/benchmarks.md.
 
 References:
     Lin et al., "Prompting Depth Anything for 4K Resolution Accurate Metric Depth

@@ -8,7 +8,7 @@
 Weights are never downloaded here: a `weights` argument is a local model.ckpt, a folder
 holding one, or a Hugging Face repo id looked up in the local HF cache only.
 
-CPU users should expect ~3 s per frame at 756x1008 with ViT-S on 2 cores (see promptda.py).
+Speeds per model and size: docs/benchmarks.md (Depth models).
 """
 from __future__ import annotations
 

@@ -4,8 +4,9 @@
     mesh.usdz   USD zip, texture embedded (AR Quick Look, Reality Composer on iOS)
     mesh.obj    Wavefront OBJ + mesh.mtl + texture.jpg (any 3D tool)
 
-The mesh is WORKDIR/mesh.ply decimated to `target_triangles` (quadric), UV-unwrapped and textured from the
-kept RGB frames (see `texture.py`). Coordinates: the capture's world, metres, Y up (ARKit's gravity-aligned
+The mesh is WORKDIR/mesh.ply decimated to `target_triangles` (quadric), its triangles re-wound to face like
+the full mesh's surface (the decimation flips some), UV-unwrapped and textured from the kept RGB frames at
+their fused poses (see `texture.py`). Coordinates: the capture's world, metres, Y up (ARKit's gravity-aligned
 world; glTF is Y up; USD gets upAxis = Y, metersPerUnit = 1), so the export overlays the frames and the full
 mesh. `recenter` translates it (no rotation) so that the floor is at y = 0 and the floor plan's centre at the
 origin; the translation is recorded in manifest.json.
@@ -31,7 +32,7 @@ from ..poses import fused_camera_to_world
 from ..workdir import WorkDir
 from .gltf import vertex_normals, write_glb
 from .obj import write_obj
-from .simplify import decimate_in_passes, surface_distance_m
+from .simplify import decimate_in_passes, orient_like, surface_distance_m, surface_normals
 from .source import mesh_fingerprint
 from .texture import View, bake, build_atlas, split_vertices, texel_points, texture_image
 from .usd import write_usdz
@@ -84,10 +85,10 @@ def frame_views(wd: WorkDir, mesh: MeshArrays, cfg: ExportConfig):
     return views(), len(rows)
 
 
-def textured(mesh: MeshArrays, wd: WorkDir, cfg: ExportConfig):
-    """UV atlas and baked texture of `mesh`: (vertices, triangles, uv (glTF: (0,0) top-left), normals,
-    texture image (N,N,3) uint8 RGB, share of covered texels seen by a frame)."""
-    atlas = build_atlas(mesh.vertices, mesh.triangles, cfg.texture_size_px, cfg.padding_px)
+def textured(mesh: MeshArrays, surface_normals: np.ndarray, wd: WorkDir, cfg: ExportConfig):
+    """UV atlas (charts by `surface_normals`, (T,3)) and baked texture of `mesh`: (vertices, triangles, uv
+    (glTF: (0,0) top-left), normals, texture image (N,N,3) uint8 RGB, share of covered texels seen by a frame)."""
+    atlas = build_atlas(mesh.vertices, mesh.triangles, cfg.texture_size_px, cfg.padding_px, surface_normals)
     points, normals = texel_points(mesh.vertices, mesh.triangles, atlas)
     views, n_views = frame_views(wd, mesh, cfg)
     colors, weight = bake(points, normals, views, n_views, cfg.occlusion_tolerance_m)
@@ -120,9 +121,11 @@ def run(cfg: ExportConfig, workdir: Path, force: bool = False) -> list[Path]:
     invalidate(out)
     full = read_ply(wd.mesh("ply"))
     light = decimate_in_passes(full, cfg.target_triangles)
+    reference_normals = surface_normals(light, full)
+    light = orient_like(light, reference_normals)
     mean_m, p95_m = surface_distance_m(full, light)
     t_decimate = time.perf_counter() - t0
-    vertices, triangles, uv, normals, image, seen = textured(light, wd, cfg)  # baked in the capture's world
+    vertices, triangles, uv, normals, image, seen = textured(light, reference_normals, wd, cfg)  # capture world
     offset = recenter_offset(vertices) if cfg.recenter else np.zeros(3)
     vertices = vertices + offset
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),

@@ -44,3 +44,35 @@ def surface_distance_m(source: MeshArrays, target: MeshArrays, n_samples: int = 
     d = scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy()
     return float(d.mean()), float(np.percentile(d, 95))
 
+
+
+def surface_normals(light: MeshArrays, full: MeshArrays) -> np.ndarray:
+    """(T,) unit normal of the full mesh's surface at each triangle centroid of `light` (its closest point on
+    `full`, vertex normals interpolated there): a smooth reference that decimation cannot flip."""
+    import open3d as o3d
+
+    from .gltf import vertex_normals
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(full.vertices.astype(np.float32)),
+                        o3d.core.Tensor(full.triangles.astype(np.uint32)))
+    centroids = light.vertices[light.triangles].mean(1).astype(np.float32)
+    closest = scene.compute_closest_points(o3d.core.Tensor(centroids))
+    triangle = closest["primitive_ids"].numpy().astype(np.int64)
+    b = closest["primitive_uvs"].numpy().astype(np.float64)
+    weights = np.stack([1 - b[:, 0] - b[:, 1], b[:, 0], b[:, 1]], 1)
+    normals = np.einsum("tk,tkc->tc", weights, vertex_normals(full.vertices, full.triangles)[full.triangles[triangle]])
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+def orient_like(light: MeshArrays, reference_normals: np.ndarray) -> MeshArrays:
+    """`light` with the winding of every triangle whose normal opposes its reference normal reversed.
+
+    Open3D's quadric decimation does not guard against flipping faces; on a noisy scan about a tenth of the
+    triangles come out facing backwards (culled by viewers, and chart breakers in the atlas)."""
+    v = light.vertices[light.triangles]
+    normals = np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0])
+    flipped = np.einsum("tc,tc->t", normals, reference_normals) < 0
+    triangles = light.triangles.copy()
+    triangles[flipped] = triangles[flipped][:, [0, 2, 1]]
+    return MeshArrays(light.vertices, triangles, light.colors)

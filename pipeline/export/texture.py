@@ -38,6 +38,10 @@ FILL_RATIO = 0.95
 """Charts are packed into at most this share of the atlas height (the bisection stops short of 1)."""
 MIN_COS = 0.1
 """A frame colours a texel only if the surface faces it by more than this cosine (about 84 degrees)."""
+SMOOTHING_ITERATIONS = 4
+"""Rounds of majority vote on the triangles' chart axes (see axis_charts)."""
+MIN_AXIS_COS = 0.3
+"""A triangle may take an axis its normal faces by more than this cosine (about 73 degrees)."""
 TEXELS_PER_CHUNK = 1 << 20
 """Texels per vectorised block while rasterising and baking (memory about 200 bytes per texel)."""
 
@@ -71,11 +75,20 @@ def face_normals(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarra
     return cross / np.maximum(length, 1e-30)[:, None], 0.5 * length
 
 
-def axis_charts(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """((T,) chart label, (T,) dominant axis 0..5 = +x +y +z -x -y -z): triangles sharing an edge and their
-    dominant normal axis are in one chart."""
-    n, _ = face_normals(vertices, triangles)
-    axis6 = np.argmax(np.concatenate([n, -n], 1), 1)
+def axis_charts(vertices: np.ndarray, triangles: np.ndarray, smoothing_iterations: int = SMOOTHING_ITERATIONS,
+                normals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """((T,) chart label, (T,) axis 0..5 = +x +y +z -x -y -z): triangles sharing an edge and their axis are in
+    one chart.
+
+    A triangle's axis starts as the dominant one of its normal (or of `normals`, (T,3) unit, e.g. the
+    surface's before decimation); then, `smoothing_iterations` times, each
+    triangle takes the axis most common among itself and its edge neighbours, among the axes its normal
+    faces by more than MIN_AXIS_COS (so its projection keeps some area). This stops a noisy surface near 45
+    degrees from shattering into single-triangle charts.
+    """
+    n = face_normals(vertices, triangles)[0] if normals is None else normals
+    facing = np.concatenate([n, -n], 1)  # (T,6) cosine to each axis
+    axis6 = np.argmax(facing, 1)
     n_tri = len(triangles)
     edges = np.sort(triangles[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), 1)
     key = edges[:, 0] * (int(triangles.max()) + 1) + edges[:, 1]
@@ -84,6 +97,15 @@ def axis_charts(vertices: np.ndarray, triangles: np.ndarray) -> tuple[np.ndarray
     key, owner = key[order], owner[order]
     shared = np.nonzero(key[1:] == key[:-1])[0]
     a, b = owner[shared], owner[shared + 1]
+    allowed = facing > MIN_AXIS_COS
+    for _ in range(smoothing_iterations):
+        votes = np.zeros((n_tri, 6), np.int32)
+        votes[np.arange(n_tri), axis6] = 1
+        np.add.at(votes, (a, axis6[b]), 1)
+        np.add.at(votes, (b, axis6[a]), 1)
+        votes = np.where(allowed, votes, -1)
+        votes[np.arange(n_tri), axis6] += 1  # ties keep the current axis  (its own vote counts 2)
+        axis6 = np.argmax(votes, 1)
     same = axis6[a] == axis6[b]
     graph = coo_matrix((np.ones(int(same.sum()), np.int8), (a[same], b[same])), shape=(n_tri, n_tri))
     _, label = connected_components(graph, directed=False)
@@ -199,7 +221,7 @@ def rasterize(corner_px: np.ndarray, size_px: int, inside_eps: float = 1e-4
         with np.errstate(divide="ignore", invalid="ignore"):
             w1 = (d[:, 0] * e2[:, 1] - d[:, 1] * e2[:, 0]) / det
             w2 = (e1[:, 0] * d[:, 1] - e1[:, 1] * d[:, 0]) / det
-        w0 = 1 - w1 - w2
+            w0 = 1 - w1 - w2
         bary = np.stack([w0, w1, w2], 1)
         inside = np.isfinite(det) & (np.abs(det) > 1e-12) & (bary >= -inside_eps).all(1)
         out[0].append(row[inside] * size_px + col[inside])
@@ -212,11 +234,13 @@ def rasterize(corner_px: np.ndarray, size_px: int, inside_eps: float = 1e-4
     return tuple(np.concatenate(part) for part in out)
 
 
-def build_atlas(vertices: np.ndarray, triangles: np.ndarray, size_px: int, padding_px: int) -> Atlas:
-    """Chart, pack and rasterise (see the module docstring)."""
+def build_atlas(vertices: np.ndarray, triangles: np.ndarray, size_px: int, padding_px: int,
+                normals: np.ndarray | None = None) -> Atlas:
+    """Chart, pack and rasterise (see the module docstring); `normals` (T,3) choose the charts' axes instead
+    of the triangles' own normals (see axis_charts)."""
     vertices = np.asarray(vertices, np.float64)
     triangles = np.asarray(triangles, np.int64)
-    label, axis6 = axis_charts(vertices, triangles)
+    label, axis6 = axis_charts(vertices, triangles, normals=normals)
     plane = _plane_coordinates(vertices[triangles], axis6)
     _, area = face_normals(vertices, triangles)
     ideal_scale = size_px / math.sqrt(max(area.sum(), 1e-12))  # texels per metre if the atlas were full

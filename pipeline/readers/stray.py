@@ -266,6 +266,7 @@ class StrayReader:
                         load_confidence=(lambda p=conf_path: read_uint8_png(p)) if has_confidence else None,
                         rgb_jpeg_path=None,
                         source_name=f"{r.depth_path}",
+                        pose_source=f"{path / 'odometry.csv'}, frame {r.frame}",
                     )
             finally:
                 video.close()
