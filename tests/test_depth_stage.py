@@ -157,7 +157,8 @@ def test_interrupted_run_resumes_and_matches_uninterrupted(tmp_path, count_predi
     with pytest.raises(KeyboardInterrupt):
         depth.run(cfg, wd)
     out = WorkDir(wd).depth("guided")
-    assert pngs(out) == ["000000.png", "000005.png"]
+    # two predictions succeeded: which two frames depends on how the two worker threads were scheduled
+    assert len(pngs(out)) == 2 and set(pngs(out)) <= {f"{5 * k:06d}.png" for k in range(N_FRAMES)}
     assert Manifest.read(out) is None and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
     count_predictions.update(calls=0, fail_after=None)
     depth.run(cfg, wd)
