@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, get_args, get_type_hints
 
 from .depth_models import MODEL_CHOICES
 from .errors import PromptmeshError
+from .keyframes import KeyframeSettings
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -35,18 +36,18 @@ class IngestConfig:
     """Quality (0-100) for RGB frames that have to be encoded (video sources); JPEG sources are copied."""
     all_frames: bool = False
     """Keep every frame (after stride windows and blur rejection) instead of selecting keyframes."""
-    keyframe_translation_depth_ratio: float = 0.04
+    keyframe_translation_depth_ratio: float = KeyframeSettings.translation_ratio
     """A frame is a keyframe when its camera centre is at least this far from every recent keyframe's (or it
     turned, or it sees new surface), in metres per metre of the median LiDAR depth it looks at (0.04 = 8 cm at
     2 m, 1.2 cm at 0.3 m)."""
-    keyframe_rotation_deg: float = 10.0
+    keyframe_rotation_deg: float = KeyframeSettings.rotation_deg
     """A frame whose orientation differs from every recent keyframe's by at least this many degrees is a
     keyframe."""
-    keyframe_min_overlap_ratio: float = 0.85
+    keyframe_min_overlap_ratio: float = KeyframeSettings.min_overlap
     """A frame of whose LiDAR footprint the recent keyframes saw less than this fraction is a keyframe (0 = off)."""
-    keyframe_recent_count: int = 5
+    keyframe_recent_count: int = KeyframeSettings.recent
     """Number of most recent keyframes a frame is compared with."""
-    keyframe_neighbourhood_frames: int = 6
+    keyframe_neighbourhood_frames: int = KeyframeSettings.neighbourhood_frames
     """The sharpest of up to this many frames after a novel one (while they stay within 30 % of the
     thresholds of it) becomes the keyframe; 1 = the novel frame itself."""
 

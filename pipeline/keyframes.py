@@ -42,7 +42,7 @@ REDUNDANT, BLURRIER_NEIGHBOUR = "redundant", "blurrier neighbour"
 
 @dataclass(frozen=True)
 class KeyframeSettings:
-    """The thresholds of the module docstring (IngestConfig's keyframe_* fields)."""
+    """The thresholds of the module docstring; their defaults are IngestConfig's keyframe_* defaults."""
 
     translation_ratio: float = 0.04
     """Camera-centre distance to every recent keyframe, as a fraction of the frame's median depth (metres/metre)."""

@@ -42,7 +42,6 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import cv2
 import numpy as np

@@ -95,7 +95,7 @@ def glb_triangles(path: Path) -> int:
 
 
 def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
-    wd = make_workdir(tmp_path)
+    make_workdir(tmp_path)
     index = view.run(ViewConfig(target_triangles=1000), tmp_path)
     page = index.read_text()
     for text in ("0.854", "0.730", "0.901", "0.812", "1.23", "2.34",  # F, precision, recall, Acc / Comp in cm
