@@ -16,7 +16,8 @@ Protocols (docs/benchmark_protocols.md):
   depth at 1008x756, TSDF voxel 2 cm,
   truncation 0.15 m, depth cut at 5 m and no minimum; mesh *vertices*, GT uncropped and unculled, prediction
   cropped to the GT bounding box +- 0.1 m, both voxel-downsampled at 2 cm, threshold 5 cm, averaged per scene;
-  optionally only the 50 largest connected pieces of the prediction. Our default metrics are computed too.
+  optionally only the 50 largest connected pieces of the prediction. The eval stage computes these beside our
+  default metrics (EvalConfig.table2_report, which the protocol sets; OUT/eval_table2.json).
 
 A dataset without a GT mesh for a scene (ARKitScenes) gets depth metrics only (GT depth from the reader);
 fusion is skipped there.
@@ -35,12 +36,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from .artifacts import (Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, file_sha256,
-                        fingerprint, is_current, upstream_fingerprint)
-from .config import EvalConfig, PipelineConfig, apply_toml, read_toml, validate
+from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_write_text, fingerprint
+from .config import PipelineConfig, apply_toml, read_toml, validate
 from .report import TABLE_COLUMNS, results_table
 from .errors import PromptmeshError
-from .metrics import table2_metrics
 from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
@@ -77,49 +76,6 @@ def apply_protocol(cfg: PipelineConfig, protocol: str, voxel_size_m: Optional[fl
                                                             sdf_trunc_voxels=truncation_m / voxel_m))
     validate(cfg, f"--protocol {protocol}")
     return cfg
-
-
-@dataclass(frozen=True)
-class Table2Eval:
-    """PromptDA Table 2 mesh evaluation on vertices (module doc); its threshold and downsampling are the eval
-    stage's (EvalConfig threshold_m, downsample_m)."""
-
-    crop_margin_m: float = 0.1
-    """The prediction is cropped to the GT bounding box grown by this, metres."""
-    keep_largest_clusters: int = 0
-    """Keep only this many largest edge-connected pieces of the predicted mesh (0 = all; the authors' optional
-    cleanup uses 50)."""
-
-
-def run_table2_eval(ev: Table2Eval, eval_cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path,
-                    force: bool = False) -> Path:
-    """OUT/mesh.ply against `gt_mesh` with `table2_metrics` at eval_cfg's threshold and downsampling ->
-    OUT/eval_table2.json (cached like a stage)."""
-    from .evaluate import load_mesh
-
-    wd = WorkDir(workdir)
-    stage_dir = wd.eval_table2
-    out = wd.eval_table2_json
-    settings = {"ev": ev, "threshold_m": eval_cfg.threshold_m, "downsample_m": eval_cfg.downsample_m}
-    stamp = fingerprint("eval-table2", settings, [upstream_fingerprint(wd.mesh_stage, "mesh"),
-                                                  file_sha256(gt_mesh)])
-    if not force and is_current(stage_dir, stamp):
-        return out
-    t0 = time.perf_counter()
-    gt_vertices, _ = load_mesh(gt_mesh, "ground-truth mesh")
-    pred_vertices, pred_triangles = load_mesh(wd.mesh("ply"), "predicted mesh")
-    scores = table2_metrics(pred_vertices, pred_triangles, gt_vertices, eval_cfg.threshold_m, eval_cfg.downsample_m,
-                            ev.crop_margin_m, ev.keep_largest_clusters)
-    report = {"threshold_m": eval_cfg.threshold_m, "downsample_m": eval_cfg.downsample_m,
-              "crop_margin_m": ev.crop_margin_m,
-              "keep_largest_clusters": ev.keep_largest_clusters,
-              **scores}
-    atomic_write_json(out, report)
-    Manifest("eval-table2", stamp, outputs=[f"../{out.name}"], settings=settings,
-             summary={"seconds": round(time.perf_counter() - t0, 3)}).write(stage_dir)
-    log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", eval_cfg.threshold_m * 100,
-             report["fscore"], report["accuracy_m"] * 100, report["completeness_m"] * 100, out)
-    return out
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -175,7 +131,6 @@ class SceneJob:
     cfg: PipelineConfig
     models: tuple[str, ...]
     protocol: str
-    table2: Table2Eval
     force: bool = False
     log_level: int = logging.INFO
 
@@ -183,7 +138,7 @@ class SceneJob:
         """What the scene's result depends on (not `force` nor paths of the output)."""
         return {"scene_dir": str(Path(self.scene_dir).resolve()), "gt_mesh": str(self.gt_mesh),
                 "reader": [self.reader.name, self.reader], "cfg": self.cfg, "models": list(self.models),
-                "protocol": self.protocol, "table2": self.table2 if self.protocol == "promptda-table2" else None}
+                "protocol": self.protocol}
 
 
 def finished(job: SceneJob) -> Optional[dict]:
@@ -199,7 +154,7 @@ def finished(job: SceneJob) -> Optional[dict]:
 
 
 def run_scene(job: SceneJob) -> dict:
-    """ingest -> per model: depth -> (fuse -> mesh -> eval [-> Table 2 eval]) | depth metrics; returns and
+    """ingest -> per model: depth -> (fuse -> mesh -> eval [with its Table 2 report]) | depth metrics; returns and
     stores {"scene", "models": {model: eval dict}, "skipped": {model: why}, "seconds", "fingerprint"}."""
     from . import evaluate, ingest
     from .capture import CaptureTable
@@ -224,9 +179,8 @@ def run_scene(job: SceneJob) -> dict:
                 results[model] = {"depth": sums.metrics()}
                 continue
             report = json.loads(done.eval_path.read_text())
-            if job.protocol == "promptda-table2":
-                report["table2"] = json.loads(run_table2_eval(job.table2, cfg.eval, done.workdir, job.gt_mesh,
-                                                              job.force).read_text())
+            if cfg.eval.table2_report:  # written by the eval stage beside eval.json
+                report["table2"] = json.loads(done.workdir.eval_table2_json.read_text())
             results[model] = report
     result = {"scene": job.scene_id, "models": results, "skipped": skipped,
               "seconds": round(time.perf_counter() - t0, 2),
@@ -295,7 +249,7 @@ def _ray(jobs: list[SceneJob], address: str, cpus_per_scene: float,
 
 # ----------------------------------------------------------------------------- entry point
 def run(cfg: PipelineConfig, root: Path, out: Path, dataset: str, scenes: list[str], models: list[str],
-        protocol: str = "default", pose_source: str = "arkit", keep_largest_clusters: int = 0, jobs: int = 0,
+        protocol: str = "default", pose_source: str = "arkit", jobs: int = 0,
         ray_address: Optional[str] = None, cpus_per_scene: float = 1.0, gpus_per_scene: float = 0.0,
         force: bool = False) -> Path:
     """Benchmark `models` on `scenes` of `dataset` under ROOT; writes OUT/benchmark.{json,md,png}.
@@ -309,10 +263,9 @@ def run(cfg: PipelineConfig, root: Path, out: Path, dataset: str, scenes: list[s
     scene_dirs = select_scenes(root, dataset, scenes)
     gt_of = _datasets()[dataset][1]
     reader = make_reader(dataset, pose_source)
-    table2 = Table2Eval(keep_largest_clusters=keep_largest_clusters)  # threshold and downsampling: cfg.eval
     level = logging.getLogger("pipeline").getEffectiveLevel()
     all_jobs = [SceneJob(sid, d, out.scene(sid), _existing(gt_of(d)), reader, cfg, tuple(models), protocol,
-                         table2, force, level) for sid, d in scene_dirs.items()]
+                         force, level) for sid, d in scene_dirs.items()]
     results: dict[str, dict] = {}
     todo = []
     for job in all_jobs:
@@ -374,7 +327,8 @@ def mean_over_scenes(results: dict[str, dict], models: list[str]) -> dict[str, d
 def markdown(results: dict[str, dict], mean: dict[str, dict], failed: dict[str, str], dataset: str,
              protocol: str, cfg: PipelineConfig, chart: Optional[Path]) -> str:
     cols = [c for c in table_columns(protocol) if any(c[1] in m for m in mean.values())]
-    mesh = ("mesh vertices, GT uncropped and unculled, prediction cropped to the GT box ± 0.1 m"
+    mesh = (f"mesh vertices, GT uncropped and unculled, prediction cropped to the GT box ± "
+            f"{cfg.eval.table2_crop_margin_m:g} m"
             if protocol == "promptda-table2" else "surface samples, GT culled to what the cameras saw")
     lines = [f"# Benchmark: {dataset}, protocol {protocol}", "",
              f"{len(results)} scenes. Depth long side {cfg.depth.long_side_px} px; TSDF voxel "

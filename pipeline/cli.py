@@ -298,9 +298,6 @@ def info(capture):
 @click.option("--pose-source", type=click.Choice(["arkit", "colmap", "merged"]), default="arkit", show_default=True,
               help="ScanNet++ poses: arkit = iphone/pose_intrinsic_imu.json, colmap = iphone/colmap, merged = "
                    "merge_dslr_iphone/ (the DSLR+iPhone COLMAP re-run PromptDA used).")
-@click.option("--keep-largest-clusters", type=click.IntRange(min=0), default=0, show_default=True,
-              help="promptda-table2: evaluate only the N largest connected pieces of each mesh (the paper's optional "
-                   "cleanup uses 50); 0 = all.")
 @click.option("--jobs", type=click.IntRange(min=0), default=0,
               help="Scenes in parallel in local worker processes; 0 = one per two CPU cores. [default: 0]")
 @click.option("--ray", "ray_address", help="Run scenes as tasks on the Ray cluster at ADDRESS ('auto', 'ray://host:10001', "
@@ -312,7 +309,7 @@ def info(capture):
 @config_options(*STAGES, exclude=("depth.model",))
 @opt_force
 @_guard
-def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_source, keep_largest_clusters, jobs,
+def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_source, jobs,
               ray_address, gpus_per_scene, config_path, force, **options):
     """Run depth models over many scenes of ROOT (ScanNet++ or ARKitScenes), each through the cached stages in
     WORKDIR/scenes/<scene>/, and write per-scene and mean tables: WORKDIR/benchmark.{json,md,png}.
@@ -330,7 +327,7 @@ def benchmark(root, workdir, dataset, scenes, depth_models, protocol, pose_sourc
     cfg = build_config(config_path, options, preset=lambda c: bench.apply_protocol(c, protocol, voxel_size_m))
     path = bench.run(cfg, root, workdir, dataset=dataset, scenes=[s.strip() for s in scenes.split(",") if s.strip()],
                      models=_depth_model_list(depth_models), protocol=protocol, pose_source=pose_source,
-                     keep_largest_clusters=keep_largest_clusters, jobs=jobs, ray_address=ray_address,
+                     jobs=jobs, ray_address=ray_address,
                      gpus_per_scene=gpus_per_scene, force=force)
     click.echo(f"benchmark: {path}")
 

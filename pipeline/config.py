@@ -138,6 +138,14 @@ class EvalConfig:
     """A GT point is seen by a camera if its depth is within this of the GT depth rendered there, metres."""
     cull_stride: int = 1
     """Use every n-th frame's camera for visibility culling."""
+    table2_report: bool = False
+    """Also write eval_table2.json: PromptDA Table 2's metrics on mesh vertices (GT uncropped and unculled,
+    prediction cropped to the GT box, both downsampled at downsample_m, threshold_m; docs/benchmark_protocols.md)."""
+    table2_crop_margin_m: float = 0.1
+    """table2_report: the prediction is cropped to the GT bounding box grown by this, metres."""
+    table2_keep_largest_clusters: int = 0
+    """table2_report: keep only this many largest edge-connected pieces of the predicted mesh (0 = all; the
+    authors' optional cleanup uses 50)."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +276,8 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (all(f in ("ply", "obj", "glb") for f in cfg.mesh.formats) and cfg.mesh.formats,
          "mesh.formats must list some of ply, obj, glb"),
         (cfg.eval.threshold_m > 0 and cfg.eval.downsample_m > 0, "eval thresholds must be > 0"),
+        (cfg.eval.table2_crop_margin_m >= 0 and cfg.eval.table2_keep_largest_clusters >= 0,
+         "eval.table2_crop_margin_m (metres) and eval.table2_keep_largest_clusters (0 = all) must be >= 0"),
         (cfg.export.target_triangles >= 0, "export.target_triangles must be >= 0 (0 = no decimation)"),
         (16 <= cfg.export.texture_size_px <= 16384, "export.texture_size_px must be in [16, 16384]"),
         (cfg.export.bake_frame_stride >= 1, "export.bake_frame_stride must be >= 1"),

@@ -23,8 +23,14 @@ nearest neighbour (GT pixels are the reference and invalid predictions stay inva
 AbsRel / delta_0.5 are pooled over all valid GT pixels of all frames. Invalid predictions on valid GT
 pixels count as errors (`pipeline.metrics`); the share of valid predictions goes to eval/curve.json.
 
+Table 2 of PromptDA (`table2_report`; `metrics.table2_metrics`, docs/benchmark_protocols.md): mesh *vertices*,
+GT uncropped and unculled, prediction (optionally only its `table2_keep_largest_clusters` largest pieces)
+cropped to the GT bounding box +- `table2_crop_margin_m`, both voxel-downsampled at `downsample_m`, scored
+at `threshold_m` -> OUT/eval_table2.json.
+
 Outputs: OUT/eval.json with exactly the contract keys; OUT/eval/curve.json with precision / recall /
-F-score at 1-10 cm (culled and unculled), distance summaries, culling and depth coverage, for reports.
+F-score at 1-10 cm (culled and unculled), distance summaries, culling and depth coverage, for reports;
+OUT/eval_table2.json with `table2_report`.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from .errors import PromptmeshError
 from .geometry import camera_rays, output_size, scale_intrinsics
 from .images import REDO, read_depth_m
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
-                      voxel_downsample)
+                      table2_metrics, voxel_downsample)
 from .poses import fused_camera_to_world
 from .workdir import WorkDir, WorkDirLike
 
@@ -234,8 +240,19 @@ def score_meshes(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_verti
                        "pred_kept_fraction": float(pred_kept.mean())}, len(gt), len(pred))
 
 
+def table2_report(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
+                  cfg: EvalConfig) -> dict:
+    """eval_table2.json: PromptDA Table 2's metrics (module doc) and the settings they were computed with."""
+    scores = table2_metrics(pred_vertices, pred_triangles, gt_vertices, cfg.threshold_m, cfg.downsample_m,
+                            cfg.table2_crop_margin_m, cfg.table2_keep_largest_clusters)
+    return {"threshold_m": cfg.threshold_m, "downsample_m": cfg.downsample_m,
+            "crop_margin_m": cfg.table2_crop_margin_m, "keep_largest_clusters": cfg.table2_keep_largest_clusters,
+            **scores}
+
+
 def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = False) -> Path:
-    """Evaluate OUT/mesh.* (OUT = the WorkDir's `out`) against `gt_mesh`; returns OUT/eval.json."""
+    """Evaluate OUT/mesh.* (OUT = the WorkDir's `out`) against `gt_mesh`; returns OUT/eval.json (and writes
+    OUT/eval_table2.json with cfg.table2_report)."""
     wd = WorkDir(workdir)
     gt_mesh = Path(gt_mesh)
     upstream = upstream_fingerprint(wd.mesh_stage, "mesh")
@@ -271,10 +288,20 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
         curve["depth"] = {"depth_model": depth_model, "pixels": depth_sums.n_pixels,
                           "coverage": depth_sums.coverage}
 
+    outputs = [f"../{wd.eval_json.name}", wd.eval_curve.name]
+    if cfg.table2_report:
+        table2 = table2_report(pred_vertices, pred_triangles, gt_vertices, cfg)
+        atomic_write_json(wd.eval_table2_json, table2)
+        outputs.append(f"../{wd.eval_table2_json.name}")
+        log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", cfg.threshold_m * 100,
+                 table2["fscore"], table2["accuracy_m"] * 100, table2["completeness_m"] * 100, wd.eval_table2_json)
+    else:
+        wd.eval_table2_json.unlink(missing_ok=True)  # a report of earlier settings would be taken for current
+
     atomic_write_json(wd.eval_curve, curve)
     atomic_write_json(wd.eval_json, report)
     seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=[f"../{wd.eval_json.name}", wd.eval_curve.name],
+    Manifest(STAGE, stamp, outputs=outputs,
              settings={"cfg": cfg, "gt_mesh": str(gt_mesh.resolve()), "pred_mesh": str(pred_mesh)},
              summary={"seconds": round(seconds, 3), "gt_points": scores.gt_points, "pred_points": scores.pred_points,
                       **curve["culling"]}).write(edir)

@@ -27,6 +27,7 @@ FLAGS: dict[tuple[str, str], str] = {
     ("fuse", "voxel_size_m"): "--voxel-size",
     ("mesh", "formats"): "--format",
     ("export", "texture_size_px"): "--texture-size",
+    ("eval", "table2_keep_largest_clusters"): "--keep-largest-clusters",
 }
 """(section, field) -> option name, where it is not `--<field with dashes>`."""
 SHARED = ("device",)

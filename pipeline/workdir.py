@@ -5,7 +5,7 @@
       depth/<model>/NNNNNN.png                                       depth (uint16 mm)
       fuse/tsdf.npz, fuse/poses.parquet                              fuse
       mesh/manifest.json, mesh.ply (.obj, .glb)                      mesh
-      eval.json, eval/curve.json                                     eval
+      eval.json, eval/curve.json (eval_table2.json)                  eval
       export/<preset>/                                               export (ar, nerfstudio)
       view/index.html                                                view
       timings.json, .lock                                            run
@@ -102,12 +102,8 @@ class WorkDir:
         return self.eval / "curve.json"
 
     @property
-    def eval_table2(self) -> Path:
-        """The PromptDA Table 2 evaluation's folder (manifest); its scores are `eval_table2_json`."""
-        return self.out / "eval_table2"
-
-    @property
     def eval_table2_json(self) -> Path:
+        """PromptDA Table 2's metrics (EvalConfig.table2_report)."""
         return self.out / "eval_table2.json"
 
     # export / view

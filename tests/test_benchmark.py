@@ -8,11 +8,13 @@ import pytest
 from click.testing import CliRunner
 
 from make_dataset_fixtures import make_arkitscenes_video, make_scannetpp_scene
-from pipeline import benchmark
+from pipeline import benchmark, evaluate
 from pipeline.cli import cli
-from pipeline.config import PipelineConfig
+from pipeline.config import EvalConfig, PipelineConfig
+from pipeline.evaluate import load_mesh
 from pipeline.errors import PromptmeshError
 from pipeline.metrics import table2_metrics
+from pipeline.readers import scannetpp
 from pipeline.workdir import WorkDir
 
 SCENES = ["0a0a0a0a0a", "1b1b1b1b1b", "2c2c2c2c2c"]
@@ -79,7 +81,7 @@ def test_benchmark_three_scenes_tables_and_resume_after_interruption(snpp_root, 
     # changed settings make a finished scene unfinished
     changed = dataclasses.replace(tiny_cfg(), eval=dataclasses.replace(tiny_cfg().eval, threshold_m=0.02))
     job = benchmark.SceneJob(SCENES[0], snpp_root / "data" / SCENES[0], WorkDir(out).scene(SCENES[0]), None,
-                             benchmark.make_reader("scannetpp"), changed, ("lidar",), "default", benchmark.Table2Eval())
+                             benchmark.make_reader("scannetpp"), changed, ("lidar",), "default")
     assert benchmark.finished(job) is None
 
 
@@ -116,6 +118,27 @@ def test_cli_table2_protocol_with_overrides(snpp_root, tmp_path, monkeypatch):
     text = (out / "benchmark.md").read_text()
     assert "protocol promptda-table2" in text and "F unculled" not in text
     assert f"{ev['table2']['fscore']:.3f}" in text
+    # the eval stage wrote the Table 2 report (the protocol sets [eval] table2_report) beside an unchanged eval.json
+    wd = WorkDir(out).scene(SCENES[1]).compare_model("lidar")
+    ev_cfg = EvalConfig(**cfg["eval"])
+    assert ev_cfg.table2_report and ev_cfg.table2_keep_largest_clusters == 50
+    assert set(json.loads(wd.eval_json.read_text())) == {"threshold_m", "downsample_m", "n_frames", "culled",
+                                                         "unculled", "depth"}
+    pred_vertices, pred_triangles = load_mesh(wd.mesh("ply"))
+    gt_mesh = scannetpp.gt_mesh_path(snpp_root / "data" / SCENES[1])
+    gt_vertices, _ = load_mesh(gt_mesh)
+    expected = table2_metrics(pred_vertices, pred_triangles, gt_vertices, 0.05, 0.02, 0.1, 50)
+    assert ev["table2"] == {"threshold_m": 0.05, "downsample_m": 0.02, "crop_margin_m": 0.1,
+                            "keep_largest_clusters": 50, **expected}
+    assert json.loads(wd.eval_table2_json.read_text()) == ev["table2"]
+    # cached with the stage: the option is part of its fingerprint; off drops the report, on writes it again
+    stamp = wd.eval_table2_json.stat().st_mtime_ns
+    evaluate.run(ev_cfg, wd, gt_mesh)
+    assert wd.eval_table2_json.stat().st_mtime_ns == stamp
+    evaluate.run(dataclasses.replace(ev_cfg, table2_report=False), wd, gt_mesh)
+    assert not wd.eval_table2_json.exists()
+    evaluate.run(ev_cfg, wd, gt_mesh)
+    assert json.loads(wd.eval_table2_json.read_text()) == ev["table2"]
 
 
 def test_arkitscenes_benchmark_is_depth_only(tmp_path):
@@ -170,7 +193,8 @@ def test_table2_protocol_preset_settings():
     cfg = benchmark.apply_protocol(PipelineConfig(), "promptda-table2")  # pipeline/protocols/promptda-table2.toml
     assert (cfg.depth.long_side_px, cfg.fuse.voxel_size_m, cfg.fuse.depth_min_m, cfg.fuse.depth_max_m,
             cfg.fuse.min_confidence, cfg.mesh.min_component_triangles, cfg.eval.threshold_m,
-            cfg.eval.downsample_m) == (1008, 0.02, 0.0, 5.0, 0, 0, 0.05, 0.02)
+            cfg.eval.downsample_m, cfg.eval.table2_report) == (1008, 0.02, 0.0, 5.0, 0, 0, 0.05, 0.02, True)
+    assert not PipelineConfig().eval.table2_report
     assert cfg.fuse.sdf_trunc_voxels * cfg.fuse.voxel_size_m == pytest.approx(0.15)
     coarse = benchmark.apply_protocol(PipelineConfig(), "promptda-table2", voxel_size_m=0.05)
     assert coarse.fuse.voxel_size_m == 0.05 and coarse.fuse.sdf_trunc_voxels * 0.05 == pytest.approx(0.15)
