@@ -207,7 +207,7 @@ def _scores(pred: np.ndarray, gt: np.ndarray, cfg: EvalConfig) -> tuple[dict, di
 
 @dataclass
 class MeshScores:
-    """Mesh metrics of one prediction (CONTRACTS §3) and what eval's curve.json records beside them."""
+    """Mesh metrics of one prediction (docs/contracts.md, eval.json) and what eval's curve.json records beside them."""
 
     culled: dict
     unculled: dict
