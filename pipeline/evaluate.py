@@ -51,6 +51,7 @@ from .config import EvalConfig
 from .errors import PromptmeshError
 from .geometry import camera_rays, output_size, scale_intrinsics
 from .images import REDO, read_depth_m
+from .mesh import raycasting_scene
 from .metrics import (DepthErrorSums, fscore_curve, metrics_from_distances, point_distances, sample_surface,
                       table2_metrics, voxel_downsample)
 from .poses import fused_camera_to_world
@@ -137,10 +138,7 @@ def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.n
     camera_to_world: (N,4,4) the poses `table`'s frames were fused with (`poses.fused_camera_to_world`).
     See the module docstring for the rules.
     """
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(gt_vertices.astype(np.float32)), o3d.core.Tensor(gt_triangles.astype(np.uint32)))
+    scene = raycasting_scene(gt_vertices, gt_triangles)
     gt_seen = np.zeros(len(gt_points), bool)
     pred_kept = np.zeros(len(pred_points), bool)
     cameras = range(0, len(table), max(1, cfg.cull_stride))

@@ -108,6 +108,16 @@ def _sortable_bits(x: np.ndarray) -> np.ndarray:
     return np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
 
 
+def raycasting_scene(vertices: np.ndarray, triangles: np.ndarray):
+    """Open3D RaycastingScene of a triangle mesh given as arrays (vertices (V,3) metres, triangles (T,3))."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(o3d.core.Tensor(np.asarray(vertices, np.float32)),
+                        o3d.core.Tensor(np.asarray(triangles, np.uint32)))
+    return scene
+
+
 def _keep_triangles(mesh: MeshArrays, keep: np.ndarray) -> MeshArrays:
     """The mesh with only the triangles `keep` (bool mask) and the vertices they use."""
     tri = mesh.triangles[keep]

@@ -27,7 +27,7 @@ from ..capture import CaptureTable
 from ..config import ExportConfig
 from ..geometry import output_size, scale_intrinsics
 from ..images import read_image
-from ..mesh import MeshArrays, read_ply
+from ..mesh import MeshArrays, raycasting_scene, read_ply
 from ..poses import fused_camera_to_world
 from ..workdir import WorkDir
 from .gltf import vertex_normals, write_glb
@@ -60,16 +60,13 @@ def frame_views(wd: WorkDir, mesh: MeshArrays, cfg: ExportConfig):
     """(views, count): the kept frames (every bake_frame_stride-th) as texture.View, each with the mesh's depth
     ray-cast from its fused pose at depth_test_long_side_px; read lazily."""
     import cv2
-    import open3d as o3d
 
     from ..evaluate import render_depth
 
     table = CaptureTable.load(wd)
     camera_to_world = fused_camera_to_world(wd, table)
     rows = list(range(0, len(table), cfg.bake_frame_stride))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(mesh.vertices.astype(np.float32)),
-                        o3d.core.Tensor(mesh.triangles.astype(np.uint32)))
+    scene = raycasting_scene(mesh.vertices, mesh.triangles)
 
     def views():
         for i in rows:

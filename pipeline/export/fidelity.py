@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from ..geometry import camera_rays
+from ..mesh import raycasting_scene
 from .texture import bilinear
 
 
@@ -35,12 +36,7 @@ class ColoredMesh:
     @functools.cached_property
     def scene(self):
         """Open3D RaycastingScene of the mesh (built once)."""
-        import open3d as o3d
-
-        scene = o3d.t.geometry.RaycastingScene()
-        scene.add_triangles(o3d.core.Tensor(np.asarray(self.vertices, np.float32)),
-                            o3d.core.Tensor(np.asarray(self.triangles, np.uint32)))
-        return scene
+        return raycasting_scene(self.vertices, self.triangles)
 
     def shade(self, triangle: np.ndarray, bary: np.ndarray) -> np.ndarray:
         """(n,3) float32 RGB at barycentric points (n,3) of triangles (n,)."""

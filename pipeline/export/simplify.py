@@ -6,7 +6,7 @@ import math
 import numpy as np
 from tqdm import tqdm
 
-from ..mesh import MeshArrays, decimate
+from ..mesh import MeshArrays, decimate, raycasting_scene
 from ..metrics import sample_surface
 
 
@@ -38,9 +38,7 @@ def surface_distance_m(source: MeshArrays, target: MeshArrays, n_samples: int = 
     v = source.vertices[source.triangles]
     area_m2 = 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1).sum()
     points = sample_surface(source.vertices, source.triangles, math.sqrt(area_m2 / n_samples), seed)
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(target.vertices.astype(np.float32)),
-                        o3d.core.Tensor(target.triangles.astype(np.uint32)))
+    scene = raycasting_scene(target.vertices, target.triangles)
     d = scene.compute_distance(o3d.core.Tensor(points.astype(np.float32))).numpy()
     return float(d.mean()), float(np.percentile(d, 95))
 
@@ -53,9 +51,7 @@ def surface_normals(light: MeshArrays, full: MeshArrays) -> np.ndarray:
 
     from .gltf import vertex_normals
 
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(o3d.core.Tensor(full.vertices.astype(np.float32)),
-                        o3d.core.Tensor(full.triangles.astype(np.uint32)))
+    scene = raycasting_scene(full.vertices, full.triangles)
     centroids = light.vertices[light.triangles].mean(1).astype(np.float32)
     closest = scene.compute_closest_points(o3d.core.Tensor(centroids))
     triangle = closest["primitive_ids"].numpy().astype(np.int64)
