@@ -176,15 +176,20 @@ def _read_colour(path: Path, depth_wh: tuple[int, int], full_wh: tuple[int, int]
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second image
 
 
+def read_confidence(table: CaptureTable, i: int, size_wh: tuple[int, int]) -> Optional[np.ndarray]:
+    """Frame i's ARKit confidence (0/1/2) resized (nearest) to size_wh, or None when the capture has none."""
+    if table.confidence_path[i] is None:
+        return None
+    confidence = _imread(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map")
+    return cv2.resize(confidence, size_wh, interpolation=cv2.INTER_NEAREST)
+
+
 def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig) -> PreparedFrame:
     """Read frame i's depth (depth_dir/<stem>.png), colour and confidence, masked and at the depth size."""
     depth_mm = read_depth_mm(depth_dir / f"{table.stem(i)}.png", "rerun `promptmesh depth WORKDIR --force`")
     h, w = depth_mm.shape
     rgb_wh = (int(table.width[i]), int(table.height[i]))
-    confidence = None
-    if table.confidence_path[i] is not None and cfg.min_confidence > 0:
-        confidence = _imread(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map")
-        confidence = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_NEAREST)
+    confidence = read_confidence(table, i, (w, h)) if cfg.min_confidence > 0 else None
     depth_mm = mask_depth_mm(depth_mm, confidence, cfg)
     rgb = _read_colour(table.root / table.rgb_path[i], (w, h), rgb_wh)
     return PreparedFrame(

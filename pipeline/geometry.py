@@ -143,6 +143,13 @@ def camera_rays(K: np.ndarray, camera_to_world: np.ndarray, size_wh: tuple[int, 
     return np.concatenate([origins, dirs_world], -1).astype(np.float32)
 
 
+def rotation_angle_deg(R: np.ndarray) -> np.ndarray:
+    """Angle of (...,3,3) rotation matrices, degrees in [0, 180] (the angle between R_a and R_b is that of
+    R_a.T @ R_b)."""
+    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def trajectory_length_m(camera_to_world: np.ndarray) -> float:
     """Sum of distances between consecutive camera centres, (N,4,4) -> metres."""
     c = np.asarray(camera_to_world)[:, :3, 3]

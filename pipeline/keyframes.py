@@ -30,7 +30,7 @@ from typing import Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
-from .geometry import backproject, project_points, transform_points
+from .geometry import backproject, project_points, rotation_angle_deg, transform_points
 
 Item = TypeVar("Item")
 
@@ -105,12 +105,6 @@ def subsample_depth(depth_m: np.ndarray, K: np.ndarray, step: int) -> tuple[np.n
     return np.ascontiguousarray(depth_m[o::step, o::step]), K_small
 
 
-def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    """Angle of the rotation taking R_a to R_b, degrees in [0, 180]."""
-    cos = (np.trace(R_a.T @ R_b) - 1.0) / 2.0
-    return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
-
-
 def seen_fraction(points_world: np.ndarray, keyframes: Iterable[View], depth_tolerance_ratio: float) -> float:
     """Share of `points_world` (N,3) that some keyframe saw: inside its small LiDAR map, in front of it, with
     a valid depth there within `depth_tolerance_ratio` of the point's depth. 1.0 for no points."""
@@ -149,7 +143,7 @@ def novelty(view: View, keyframes: list[View], s: KeyframeSettings, fallback_dep
     depth = view.median_depth_m if view.median_depth_m > 0 else fallback_depth_m
     c = view.camera_to_world[:3, 3]
     trans = [float(np.linalg.norm(c - kf.camera_to_world[:3, 3])) / depth for kf in keyframes]
-    rot = [rotation_angle_deg(kf.camera_to_world[:3, :3], view.camera_to_world[:3, :3]) for kf in keyframes]
+    rot = [float(rotation_angle_deg(kf.camera_to_world[:3, :3].T @ view.camera_to_world[:3, :3])) for kf in keyframes]
     pose_novel = all(t >= s.translation_ratio or r >= s.rotation_deg for t, r in zip(trans, rot))
     overlap = seen_fraction(view.footprint_world, keyframes, s.depth_tolerance_ratio) if s.min_overlap > 0 else 1.0
     return Novelty(min(trans, default=math.inf), min(rot, default=180.0), pose_novel, overlap)
@@ -180,7 +174,7 @@ class KeyframeSelector:
         f = self.s.neighbourhood_fraction
         depth = first.median_depth_m if first.median_depth_m > 0 else self.last_depth_m
         moved = float(np.linalg.norm(view.camera_to_world[:3, 3] - first.camera_to_world[:3, 3])) / depth
-        turned = rotation_angle_deg(first.camera_to_world[:3, :3], view.camera_to_world[:3, :3])
+        turned = float(rotation_angle_deg(first.camera_to_world[:3, :3].T @ view.camera_to_world[:3, :3]))
         return moved < f * self.s.translation_ratio and turned < f * self.s.rotation_deg
 
     def add(self, view: View) -> None:

@@ -43,7 +43,6 @@ import math
 import time
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation, Slerp
@@ -51,8 +50,8 @@ from scipy.spatial.transform import Rotation, Slerp
 from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
-from .geometry import scale_intrinsics
-from .images import MM_PER_M, REDO, read_depth_mm, read_image
+from .geometry import rotation_angle_deg, scale_intrinsics
+from .images import MM_PER_M, REDO, read_depth_mm
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +150,10 @@ class Alignment:
 
 
 # --------------------------------------------------------------------------- small SE(3) helpers
-def rotation_deg(R: np.ndarray) -> np.ndarray:
-    """Rotation angle(s) of (...,3,3) rotation matrices, degrees."""
-    cos = (np.trace(R, axis1=-2, axis2=-1) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
 def pose_difference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(centre distance m, orientation angle deg) between camera_to_world poses a and b, (...,4,4) each."""
     return (np.linalg.norm(a[..., :3, 3] - b[..., :3, 3], axis=-1),
-            rotation_deg(a[..., :3, :3] @ np.swapaxes(b[..., :3, :3], -1, -2)))
+            rotation_angle_deg(a[..., :3, :3] @ np.swapaxes(b[..., :3, :3], -1, -2)))
 
 
 def _twist_to_matrix(xi: np.ndarray) -> np.ndarray:
@@ -197,13 +190,10 @@ def select_frames(camera_to_world: np.ndarray, spacing_m: float = NODE_SPACING_M
 def _masked_lidar_mm(table: CaptureTable, i: int, cfg: FuseConfig) -> np.ndarray:
     """Frame i's LiDAR map (h,w) uint16 mm with pixels outside the fuse depth range or with a confidence below
     MIN_LIDAR_CONFIDENCE zeroed (`fuse.mask_depth_mm`), whatever the depth model fused."""
-    from .fuse import mask_depth_mm
+    from .fuse import mask_depth_mm, read_confidence
 
     depth_mm = read_depth_mm(table.root / table.lidar_path[i], REDO)
-    confidence = None
-    if table.confidence_path[i] is not None:
-        confidence = read_image(table.root / table.confidence_path[i], cv2.IMREAD_UNCHANGED, "confidence map", REDO)
-        confidence = cv2.resize(confidence, depth_mm.shape[::-1], interpolation=cv2.INTER_NEAREST)
+    confidence = read_confidence(table, i, depth_mm.shape[::-1])
     return mask_depth_mm(depth_mm, confidence, dataclasses.replace(cfg, min_confidence=MIN_LIDAR_CONFIDENCE))
 
 

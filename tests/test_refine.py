@@ -13,6 +13,7 @@ from conftest import SAMPLES
 from make_synthetic_capture import make_capture
 from pipeline import refine, runner
 from pipeline.capture import CaptureTable
+from pipeline.geometry import rotation_angle_deg
 from pipeline.config import PipelineConfig, override
 from pipeline.poses import fused_camera_to_world, read_poses
 from pipeline.workdir import WorkDir
@@ -114,7 +115,7 @@ def test_icp_moves_a_lone_plane_only_along_its_normal():
     truth = _pose(rotvec_deg=(0.0, 2.0, 0.0), t=(0.05, 0.02, -0.04))
     T, _, _, _ = refine.point_to_plane_icp(_moved(target, truth), target, cKDTree(target.points), np.eye(4), 0.02)
     assert abs(T[1, 3] - 0.02) < 1e-3  # the normal offset
-    assert abs(T[0, 3]) < 2e-3 and abs(T[2, 3]) < 2e-3 and refine.rotation_deg(T[:3, :3]) < 0.05  # prior kept
+    assert abs(T[0, 3]) < 2e-3 and abs(T[2, 3]) < 2e-3 and rotation_angle_deg(T[:3, :3]) < 0.05  # prior kept
 
 
 # --------------------------------------------------------------------------- on the generator's drift

@@ -9,16 +9,12 @@ import open3d as o3d
 import pytest
 
 from make_synthetic_capture import iter_frames, main, make_capture
-from pipeline.geometry import backproject, project_points, scale_intrinsics, transform_points
+from pipeline.geometry import backproject, project_points, rotation_angle_deg, scale_intrinsics, transform_points
 from pipeline.readers import detect, open_capture
 from synthetic_scene import (Material, Renderer, SceneBuilder, arkit_intrinsics, camera_trajectory, drifted_poses,
                              easy_scene, hard_scene, lidar_intrinsics, simulate_lidar)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_captures" / "synthetic_room"
-
-
-def _rotation_deg(R: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
 
 
 # ----------------------------------------------------------------------------- GT depth
@@ -126,7 +122,7 @@ def test_drift_reaches_its_budget_at_the_end_and_is_zero_for_easy():
     true = camera_trajectory(hard_scene(), 50, 30.0, seed=3)
     written = drifted_poses(true, 0.015, 0.3, seed=3)
     centre_err = np.linalg.norm(written[:, :3, 3] - true[:, :3, 3], axis=1)
-    angle_err = [_rotation_deg(w[:3, :3] @ t[:3, :3].T) for w, t in zip(written, true)]
+    angle_err = [rotation_angle_deg(w[:3, :3] @ t[:3, :3].T) for w, t in zip(written, true)]
     assert centre_err[0] == 0 and angle_err[0] == pytest.approx(0, abs=1e-6)
     assert centre_err[-1] == pytest.approx(0.015, abs=1e-9)
     assert angle_err[-1] == pytest.approx(0.3, abs=1e-4)
