@@ -44,6 +44,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from . import ahead
 from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, invalidate, is_current,
                         upstream_fingerprint)
 from .capture import CaptureTable
@@ -131,14 +132,13 @@ def _depth_at(points: np.ndarray, K: np.ndarray, world_to_camera: np.ndarray,
     return inside, z, rendered
 
 
-def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, gt_vertices: np.ndarray, gt_triangles: np.ndarray,
-               table: CaptureTable, camera_to_world: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
+def cull_masks(gt_points: np.ndarray, pred_points: np.ndarray, scene, table: CaptureTable,
+               camera_to_world: np.ndarray, cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """(GT points seen by some camera, predicted points not hidden from every camera, cameras used).
 
-    camera_to_world: (N,4,4) the poses `table`'s frames were fused with (`poses.fused_camera_to_world`).
-    See the module docstring for the rules.
+    scene: the GT mesh's RaycastingScene (`GroundTruth.scene`). camera_to_world: (N,4,4) the poses `table`'s
+    frames were fused with (`poses.fused_camera_to_world`). See the module docstring for the rules.
     """
-    scene = raycasting_scene(gt_vertices, gt_triangles)
     gt_seen = np.zeros(len(gt_points), bool)
     pred_kept = np.zeros(len(pred_points), bool)
     cameras = range(0, len(table), max(1, cfg.cull_stride))
@@ -217,25 +217,56 @@ class MeshScores:
     pred_points: int
 
 
-def score_meshes(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
-                 gt_triangles: np.ndarray, table: CaptureTable, camera_to_world: np.ndarray, cfg: EvalConfig,
-                 gt_name: Path) -> MeshScores:
-    """Culled and unculled scores of a predicted mesh against the GT mesh, culled with `table`'s cameras at the
-    poses `camera_to_world` (N,4,4) (world frame, metres); PromptmeshError naming `gt_name` when no surface is
-    in view."""
-    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy releases the GIL: both meshes at once on 2 cores
-        gt_job = pool.submit(sampled_points, gt_vertices, gt_triangles, cfg, SEED_GT)
-        pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
-        gt = gt_job.result()
-    unculled, unculled_curve = _scores(pred, gt, cfg)
-    gt_seen, pred_kept, n_cameras = cull_masks(gt, pred, gt_vertices, gt_triangles, table, camera_to_world, cfg)
+@dataclass
+class GroundTruth:
+    """A GT mesh read and prepared for scoring (`load_ground_truth`): what eval needs of it that does not depend
+    on the predicted mesh or the poses."""
+
+    path: Path
+    vertices: np.ndarray
+    """(V,3) float64, metres, the capture's world frame."""
+    triangles: np.ndarray
+    """(T,3) int64."""
+    points: np.ndarray
+    """(M,3) surface samples (`sampled_points`, seed SEED_GT)."""
+    scene: object
+    """Open3D RaycastingScene of the mesh, for culling."""
+
+
+def load_ground_truth(path: Path, cfg: EvalConfig) -> GroundTruth:
+    """Read, sample and ray-cast-index a GT mesh (PromptmeshError naming `path` when it is not a usable mesh)."""
+    vertices, triangles = load_mesh(path, "ground-truth mesh")
+    return GroundTruth(Path(path), vertices, triangles, sampled_points(vertices, triangles, cfg, SEED_GT),
+                       raycasting_scene(vertices, triangles))
+
+
+def _ground_truth_inputs(path: Path, cfg: EvalConfig) -> tuple:
+    """What a GroundTruth depends on: the file (path, size, mtime) and the sampling settings."""
+    st = Path(path).stat()
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns, cfg.sample_spacing_m, cfg.downsample_m
+
+
+def ground_truth_meanwhile(path: Path, cfg: EvalConfig) -> None:
+    """Start `load_ground_truth` on a thread now, for this process's next eval `run` against `path` to take
+    (`pipeline.ahead`); the runner calls it when the run starts, so that the GT is ready when the mesh is."""
+    ahead.start(("eval.gt", str(Path(path).resolve())), _ground_truth_inputs(path, cfg),
+                lambda: load_ground_truth(path, cfg), name="load-gt")
+
+
+def score_meshes(pred: np.ndarray, gt: GroundTruth, table: CaptureTable, camera_to_world: np.ndarray,
+                 cfg: EvalConfig) -> MeshScores:
+    """Culled and unculled scores of a predicted mesh's samples `pred` ((N,3), `sampled_points` with SEED_PRED)
+    against the GT mesh, culled with `table`'s cameras at the poses `camera_to_world` (N,4,4) (world frame,
+    metres); PromptmeshError naming the GT file when no surface is in view."""
+    unculled, unculled_curve = _scores(pred, gt.points, cfg)
+    gt_seen, pred_kept, n_cameras = cull_masks(gt.points, pred, gt.scene, table, camera_to_world, cfg)
     if not gt_seen.any() or not pred_kept.any():
-        raise PromptmeshError(f"{gt_name}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
+        raise PromptmeshError(f"{gt.path}: no {'ground-truth' if not gt_seen.any() else 'predicted'} surface is in "
                               "view of any camera; is the GT mesh in the capture's world frame, in metres?")
-    culled, culled_curve = _scores(pred[pred_kept], gt[gt_seen], cfg)
+    culled, culled_curve = _scores(pred[pred_kept], gt.points[gt_seen], cfg)
     return MeshScores(culled, unculled, culled_curve, unculled_curve,
                       {"cameras": n_cameras, "gt_seen_fraction": float(gt_seen.mean()),
-                       "pred_kept_fraction": float(pred_kept.mean())}, len(gt), len(pred))
+                       "pred_kept_fraction": float(pred_kept.mean())}, len(gt.points), len(pred))
 
 
 def table2_report(pred_vertices: np.ndarray, pred_triangles: np.ndarray, gt_vertices: np.ndarray,
@@ -259,6 +290,7 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     stamp = fingerprint(STAGE, cfg, [upstream, file_sha256(gt_mesh)])
     edir = wd.eval
     if not force and is_current(edir, stamp):
+        ahead.discard(("eval.gt", str(gt_mesh.resolve())))
         log.info("eval: up to date (%s)", wd.eval_json)
         return wd.eval_json
 
@@ -266,12 +298,16 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     log.info("eval: %s against %s; threshold %g cm, downsample %g cm, sample spacing %g cm", pred_mesh, gt_mesh,
              cfg.threshold_m * 100, cfg.downsample_m * 100, cfg.sample_spacing_m * 100)
     t0 = time.perf_counter()
-    gt_vertices, gt_triangles = load_mesh(gt_mesh, "ground-truth mesh")  # a bad GT keeps the last eval
+    gt = ahead.take(("eval.gt", str(gt_mesh.resolve())), _ground_truth_inputs(gt_mesh, cfg))
+    prepared_ahead = gt is not None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-gt") as pool:  # numpy releases the GIL:
+        gt_job = None if prepared_ahead else pool.submit(load_ground_truth, gt_mesh, cfg)  # both meshes at once
+        pred_vertices, pred_triangles = load_mesh(pred_mesh, "predicted mesh")
+        pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
+        gt = gt or gt_job.result()  # a bad GT keeps the last eval
     invalidate(edir)
     table = CaptureTable.load(wd)
-    pred_vertices, pred_triangles = load_mesh(pred_mesh, "predicted mesh")
-    scores = score_meshes(pred_vertices, pred_triangles, gt_vertices, gt_triangles, table,
-                          fused_camera_to_world(wd, table), cfg, gt_mesh)
+    scores = score_meshes(pred, gt, table, fused_camera_to_world(wd, table), cfg)
     culled, unculled = scores.culled, scores.unculled
     report = {"threshold_m": cfg.threshold_m, "downsample_m": cfg.downsample_m, "n_frames": len(table),
               "culled": culled, "unculled": unculled}
@@ -288,7 +324,7 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
 
     outputs = [f"../{wd.eval_json.name}", wd.eval_curve.name]
     if cfg.table2_report:
-        table2 = table2_report(pred_vertices, pred_triangles, gt_vertices, cfg)
+        table2 = table2_report(pred_vertices, pred_triangles, gt.vertices, cfg)
         atomic_write_json(wd.eval_table2_json, table2)
         outputs.append(f"../{wd.eval_table2_json.name}")
         log.info("eval (Table 2 protocol): F@%g cm %.3f, acc %.2f cm, comp %.2f cm -> %s", cfg.threshold_m * 100,
@@ -301,7 +337,7 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=outputs,
              settings={"cfg": cfg, "gt_mesh": str(gt_mesh.resolve()), "pred_mesh": str(pred_mesh)},
-             summary={"seconds": round(seconds, 3), "gt_points": scores.gt_points, "pred_points": scores.pred_points,
+             summary={"seconds": round(seconds, 3), "gt_prepared_ahead": prepared_ahead, "gt_points": scores.gt_points, "pred_points": scores.pred_points,
                       **curve["culling"]}).write(edir)
     log.info("eval: culled F@%g cm %.3f (P %.3f, R %.3f), unculled F %.3f, acc %.2f cm, comp %.2f cm in %.1f s -> %s",
              cfg.threshold_m * 100, culled["fscore"], culled["precision"], culled["recall"], unculled["fscore"],

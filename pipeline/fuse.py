@@ -45,7 +45,7 @@ import logging
 import math
 import time
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from . import ahead
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
 from .capture import CaptureTable
 from .config import FuseConfig
@@ -62,7 +63,7 @@ from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
 from .images import MM_PER_M, REDO, read_depth_mm, read_image
 from .poses import write_poses
-from .refine import refine_poses
+from .refine import RefinedPoses, refine_poses
 from .streams import prefetch
 from .workdir import WorkDir, WorkDirLike
 
@@ -71,8 +72,6 @@ log = logging.getLogger(__name__)
 STAGE = "fuse"
 HANDOFF = ("depth_model",)
 """What the manifest declares for eval: the depth model whose maps were fused."""
-_PRESIZED: dict = {}
-"""OUT/fuse -> (FuseConfig, Future of its block count), started by `presize_meanwhile`."""
 VOLUME_FORMAT = 2
 """Version of the saved volume's layout (module docstring); part of the fingerprint, so older files are redone."""
 PREFETCH_FRAMES = 4
@@ -318,37 +317,94 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
     return (b[:, 0] << 42) | (b[:, 1] << 21) | b[:, 2]
 
 
-# --------------------------------------------------------------------------- stage
-def presize_meanwhile(workdir: WorkDirLike, cfg: FuseConfig) -> None:
-    """Start importing Open3D and estimating the grid's pre-size (`estimate_block_count`, capture poses) on a
-    thread now, for the next `run` on this work directory to use (the runner calls it while depth runs)."""
-    def prepare() -> int:
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class FusionPlan:
+    """What fusion settles before integrating (`plan_fusion`): the voxel, the poses, the grid's size."""
+
+    voxel_size_m: float
+    sdf_trunc_voxels: float
+    auto_depth_m: Optional[float]
+    """The scene depth the automatic voxel size was chosen from, metres; None when the voxel size was given."""
+    refined: Optional[RefinedPoses]
+    """Pose refinement's result; None with refine_poses off."""
+    camera_to_world: np.ndarray
+    """(N,4,4) the poses the frames are fused with (refined, or the capture's)."""
+    block_count: int
+    """Voxel blocks to pre-size the grid for (`estimate_block_count` at these poses)."""
+    seconds_refine: float
+    seconds_presize: float
+
+
+def plan_fusion(cfg: FuseConfig, table: CaptureTable) -> FusionPlan:
+    """Voxel size, refined poses and pre-size of the fusion of `table` with `cfg`; needs only the capture (LiDAR
+    and poses), not the depth maps, so the runner computes it while the depth stage runs (`plan_meanwhile`)."""
+    t0 = time.perf_counter()
+    cfg, auto_depth_m = resolve_voxel_size(cfg, table)
+    refined = refine_poses(table, cfg) if cfg.refine_poses else None
+    camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
+    t_presize = time.perf_counter()
+    block_count = estimate_block_count(table, cfg, camera_to_world=camera_to_world)
+    return FusionPlan(cfg.voxel_size_m, cfg.sdf_trunc_voxels, auto_depth_m, refined, camera_to_world, block_count,
+                      t_presize - t0, time.perf_counter() - t_presize)
+
+
+def _plan_inputs(cfg: FuseConfig) -> FuseConfig:
+    """The settings a FusionPlan depends on (not the confidence mask, which the depth model's handoff may
+    change after the plan was started, nor the device)."""
+    return dataclasses.replace(cfg, min_confidence=0, device="auto")
+
+
+def plan_meanwhile(workdir: WorkDirLike, cfg: FuseConfig) -> None:
+    """Start importing Open3D and `plan_fusion` (pose refinement included) on a thread now, for the next `run`
+    on this work directory to take (`pipeline.ahead`); the runner calls it after ingest, while depth runs."""
+    wd = WorkDir(workdir)
+
+    def plan() -> FusionPlan:
         importlib.import_module("open3d")
-        table = CaptureTable.load(workdir)
-        return estimate_block_count(table, resolve_voxel_size(cfg, table)[0])
+        return plan_fusion(cfg, CaptureTable.load(wd))
 
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="presize-fusion")
-    _PRESIZED[WorkDir(workdir).fuse] = (cfg, pool.submit(prepare))
-    pool.shutdown(wait=False)  # the thread ends after this one task
+    ahead.start(("fuse.plan", wd.fuse), _plan_inputs(cfg), plan, name="plan-fusion")
 
 
-def _presized(wd: WorkDir, cfg: FuseConfig) -> Optional[int]:
-    """The block count `presize_meanwhile` estimated for this fusion, if it did (and succeeded)."""
-    started = _PRESIZED.pop(wd.fuse, None)
-    if started is None or started[0] != cfg:
-        return None
-    try:
-        return started[1].result()
-    except PromptmeshError:  # run meets the same problem and reports it
-        return None
+@dataclass
+class LiveGrid:
+    """The grid fusion just integrated, handed to the mesh stage in memory (`run` with hand_to_mesh) while the
+    volume is saved on a thread. Its weights and colours are rounded as the saved volume stores them, so it
+    meshes exactly as the saved file does."""
+
+    grid: object
+    fingerprint: str
+    """The fuse manifest's fingerprint (written when `saved` completes)."""
+    saved: Future
+    """Completes (or raises) when tsdf.npz, poses.parquet and the manifest are written."""
 
 
-def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = False) -> Path:
+def take_live_grid(workdir: WorkDirLike) -> Optional[LiveGrid]:
+    """The grid `run` handed over for this work directory's mesh stage, or None (load the saved volume)."""
+    return ahead.take(("fuse.live_grid", WorkDir(workdir).fuse), None)
+
+
+def round_as_saved(grid) -> None:
+    """Round a CPU grid's weights and colours in place as `save_volume` stores them (uint16, uint8 levels)."""
+    weight, color = grid.attribute("weight").numpy(), grid.attribute("color").numpy()  # views on the CPU
+    np.minimum(np.rint(weight, out=weight), 65535, out=weight)
+    np.rint(np.clip(color, 0.0, 255.0, out=color), out=color)
+
+
+# --------------------------------------------------------------------------- stage
+def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = False,
+        hand_to_mesh: bool = False) -> Path:
     """Fuse WORKDIR/depth/<depth_model>/ into OUT/fuse/tsdf.npz (OUT = the WorkDir's `out`); returns OUT/fuse.
 
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
     stage's manifest fingerprint, which in turn covers the capture. The depth manifest's handoff says whether
-    to drop low-confidence pixels; this stage's handoff names the depth model for eval.
+    to drop low-confidence pixels; this stage's handoff names the depth model for eval. A plan started by
+    `plan_meanwhile` with the same settings is used instead of planning here.
+
+    hand_to_mesh (CPU fusion only): return as soon as the frames are integrated, leaving the grid for the mesh
+    stage (`take_live_grid`) and saving the volume, the poses and then the manifest on a thread; the caller
+    must run `mesh.run` next, which waits for the save.
     """
     wd = WorkDir(workdir)
     out = wd.fuse
@@ -363,26 +419,25 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                 "depth_model": depth_model, "volume_format": VOLUME_FORMAT}
     stamp = fingerprint(STAGE, settings, [upstream])
     if not force and is_current(out, stamp, HANDOFF):
-        _PRESIZED.pop(out, None)
+        ahead.discard(("fuse.plan", out))
         log.info("fuse: up to date (%s)", out)
         return out
 
     table = CaptureTable.load(wd)
     device = select_device(cfg.device)
     t0 = time.perf_counter()
-    requested = cfg
-    cfg, auto_depth_m = resolve_voxel_size(cfg, table)
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
-    refined = refine_poses(table, cfg) if cfg.refine_poses else None
-    camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
-    t_presize = time.perf_counter()
-    block_count = _presized(wd, requested) or estimate_block_count(table, cfg, camera_to_world=camera_to_world)
+    plan = ahead.take(("fuse.plan", out), _plan_inputs(cfg))
+    planned_ahead = plan is not None
+    plan = plan or plan_fusion(cfg, table)
+    cfg = dataclasses.replace(cfg, voxel_size_m=plan.voxel_size_m, sdf_trunc_voxels=plan.sdf_trunc_voxels)
     log.info("fuse: %d frames of depth/%s on %s; voxel %s, trunc %.2f cm, depth %.2f-%.1f m, min confidence "
-             "%d, %d blocks pre-sized", len(table), depth_model, device, voxel_line(cfg.voxel_size_m, auto_depth_m),
-             cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100, cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence,
-             block_count)
-    grid = new_grid(cfg, block_count, device)
-    world_to_camera = np.linalg.inv(camera_to_world)
+             "%d, %d blocks pre-sized%s", len(table), depth_model, device,
+             voxel_line(cfg.voxel_size_m, plan.auto_depth_m), cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100,
+             cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence, plan.block_count,
+             " (planned while depth ran)" if planned_ahead else "")
+    grid = new_grid(cfg, plan.block_count, device)
+    world_to_camera = np.linalg.inv(plan.camera_to_world)
     n_valid_px = 0
     empty = []
     t_integrate = time.perf_counter()
@@ -403,27 +458,45 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     if n_blocks == 0:
         raise PromptmeshError(f"{depth_dir}: no depth within [{cfg.depth_min_m}, {cfg.depth_max_m}] m and confidence "
                               f">= {cfg.min_confidence} in any frame; check the depth maps or lower fuse.min_confidence")
-    save_volume(grid, cfg, wd.tsdf)
-    if refined is None:
-        write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
-    else:
-        write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
-                    refined.correction_deg, refined.accepted)
-    seconds = time.perf_counter() - t0
-    Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
-             summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
-                      "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": auto_depth_m,
-                      "sdf_trunc_m": cfg.sdf_trunc_voxels * cfg.voxel_size_m,
-                      "blocks_presized": block_count,
-                      "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(seconds, 3),
-                      "refine": refined.summary if refined is not None else None,
-                      "seconds_refine": round(t_presize - t0, 3),
-                      "seconds_presize": round(t_integrate - t_presize, 3),
-                      "seconds_integrate": round(t_save - t_integrate, 3),
-                      "seconds_save": round(time.perf_counter() - t_save, 3)},
-             handoff={"depth_model": depth_model}).write(out)
-    log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
-             seconds, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, wd.tsdf)
+
+    import open3d as o3d
+
+    hand_over = hand_to_mesh and device.get_type() == o3d.core.Device.DeviceType.CPU
+
+    def save() -> None:
+        """The volume, the poses, then the manifest (last: it vouches for the other two)."""
+        t_saving = time.perf_counter()
+        save_volume(grid, cfg, wd.tsdf)
+        refined = plan.refined
+        if refined is None:
+            write_poses(wd.poses_parquet, table.frame_index, plan.camera_to_world)
+        else:
+            write_poses(wd.poses_parquet, table.frame_index, plan.camera_to_world, refined.correction_m,
+                        refined.correction_deg, refined.accepted)
+        t_end = time.perf_counter()
+        Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
+                 summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
+                          "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": plan.auto_depth_m,
+                          "sdf_trunc_m": cfg.sdf_trunc_voxels * cfg.voxel_size_m,
+                          "blocks_presized": plan.block_count,
+                          "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(t_end - t0, 3),
+                          "refine": refined.summary if refined is not None else None,
+                          "planned_ahead": planned_ahead,
+                          "seconds_refine": round(plan.seconds_refine, 3),
+                          "seconds_presize": round(plan.seconds_presize, 3),
+                          "seconds_integrate": round(t_save - t_integrate, 3),
+                          "seconds_save": round(t_end - t_saving, 3), "saved_while_meshing": hand_over},
+                 handoff={"depth_model": depth_model}).write(out)
+        log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
+                 t_end - t0, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, plan.block_count, wd.tsdf)
+
+    if not hand_over:
+        save()
+        return out
+    round_as_saved(grid)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fuse-save")
+    ahead.put(("fuse.live_grid", out), None, LiveGrid(grid, stamp, pool.submit(save)))
+    pool.shutdown(wait=False)
     return out
 
 

@@ -22,6 +22,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -30,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
 from .config import MeshConfig
 from .errors import PromptmeshError
-from .fuse import load_grid
+from .fuse import LiveGrid, load_grid, take_live_grid
 from .workdir import WorkDir, WorkDirLike
 
 log = logging.getLogger(__name__)
@@ -242,10 +243,21 @@ def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path
     OUT/mesh.<fmt> of the other cfg.formats].
 
     mesh.ply is always written. Asking for another format of an up-to-date mesh adds that file and keeps the
-    others; only a changed mesh (settings or upstream) removes the files of the old one it does not rewrite."""
+    others; only a changed mesh (settings or upstream) removes the files of the old one it does not rewrite.
+    A grid that fusion handed over in memory (`fuse.run` with hand_to_mesh) is meshed instead of the saved
+    volume (the same mesh), and its save is waited for before the mesh manifest is written."""
     wd = WorkDir(workdir)
+    live = take_live_grid(wd)  # the grid fusion just integrated, when it handed it over (its save still running)
+    try:
+        return _run(cfg, wd, force, live)
+    finally:
+        if live is not None:
+            live.saved.result()  # fusion's files and manifest are written (or its error raised) before we return
+
+
+def _run(cfg: MeshConfig, wd: WorkDir, force: bool, live: Optional[LiveGrid]) -> list[Path]:
     mdir = wd.mesh_stage
-    upstream = upstream_fingerprint(wd.fuse, "fuse")
+    upstream = live.fingerprint if live is not None else upstream_fingerprint(wd.fuse, "fuse")
     stamp = fingerprint(STAGE, dataclasses.replace(cfg, formats=()), [upstream])  # the files asked for: not the mesh
     formats = ["ply"] + [f for f in cfg.formats if f != "ply"]  # mesh.ply, the measurable mesh, always
     paths = [wd.mesh(fmt) for fmt in formats]
@@ -269,7 +281,12 @@ def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path
     t0 = time.perf_counter()
     previous = Manifest.read(mdir)
     invalidate(mdir)
-    mesh = extract(load_grid(wd), cfg.weight_threshold)
+    if live is not None:
+        grid, live.grid = live.grid, None  # the save thread holds the grid until it is written
+    else:
+        grid = load_grid(wd)
+    mesh = extract(grid, cfg.weight_threshold)
+    del grid
     n_extracted = len(mesh.triangles)
     mesh, n_pieces_removed = remove_small_components(mesh, cfg.min_component_triangles)
     mesh = decimate(mesh, cfg.target_triangles)
@@ -284,6 +301,8 @@ def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path
         for rel in set(previous.outputs) - set(outputs):
             (mdir / rel).unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
+    if live is not None:
+        live.saved.result()  # the fuse manifest is written before this one, which names it as upstream
     Manifest(STAGE, stamp, outputs=outputs, settings={"cfg": cfg},
              summary={"vertices": len(mesh.vertices), "triangles": len(mesh.triangles),
                       "triangles_extracted": n_extracted, "pieces_removed": n_pieces_removed,

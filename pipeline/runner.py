@@ -62,7 +62,8 @@ class RunResult:
         for stage, sec in self.timings_s.items():
             lines.append(f"  {stage:7s} {sec:8.2f} s")
             if stage == "fuse" and self.refine_s is not None:
-                lines.append(f"    of which pose refinement {self.refine_s:.2f} s")
+                lines.append(f"    pose refinement {self.refine_s:.2f} s" + (
+                    ", while depth ran" if self.fuse_summary.get("planned_ahead") else ", of these"))
         return "\n".join(lines)
 
 
@@ -86,25 +87,40 @@ class ModelRun:
     """The fuse stage did work (was not up to date)."""
 
 
+OVERLAPS = ("plan_fusion", "live_grid", "ground_truth")
+"""Work `run` overlaps with other stages (docs/benchmarks.md, "Overlap", measures each):
+- plan_fusion: fusion's plan (voxel size, pose refinement from the LiDAR, grid pre-size) on a thread while the
+  depth stage runs (`fuse.plan_meanwhile`);
+- live_grid: the fused grid handed to the mesh stage in memory while the volume is saved on a thread
+  (`fuse.run` hand_to_mesh);
+- ground_truth: the GT mesh read, sampled and indexed for culling on a thread beside the mesh stage, which
+  leaves most of a core idle (`evaluate.ground_truth_meanwhile`).
+The outputs are the same with any of them off (tests/test_runner.py)."""
+
+
 def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Path] = None, force: bool = False,
-              timings: Optional[dict[str, float]] = None, through_fusion: bool = True) -> ModelRun:
+              timings: Optional[dict[str, float]] = None, through_fusion: bool = True,
+              overlaps: tuple[str, ...] = OVERLAPS) -> ModelRun:
     """depth -> fuse -> mesh (-> eval with `gt_mesh`) of one depth model: its depth maps in wd.depth(model),
-    fusion onwards in wd.out. `through_fusion` False: the depth stage only. Seconds per stage go to `timings`."""
+    fusion onwards in wd.out. `through_fusion` False: the depth stage only. Seconds per stage go to `timings`
+    (with live_grid, the volume's save is timed in mesh, which it overlaps)."""
     timings = {} if timings is None else timings
     with _timed(timings, "depth"):
         depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force)
     if not through_fusion:
         return ModelRun(model, wd, [], None, False)
+    before = Manifest.read(wd.fuse)
     with _timed(timings, "fuse"):
-        before = Manifest.read(wd.fuse)
-        fused = Manifest.read(fuse.run(cfg.fuse, wd, depth_model=model, force=force))
+        fuse.run(cfg.fuse, wd, depth_model=model, force=force, hand_to_mesh="live_grid" in overlaps)
+    fuse_ran = before is None or Manifest.read(wd.fuse) != before  # each run's summary has its own seconds
+    if gt_mesh is not None and "ground_truth" in overlaps and fuse_ran:  # else eval is probably up to date
+        evaluate.ground_truth_meanwhile(Path(gt_mesh), cfg.eval)
     with _timed(timings, "mesh"):
         mesh_paths = mesh.run(cfg.mesh, wd, force=force)
     eval_path = None
     if gt_mesh is not None:
         with _timed(timings, "eval"):
             eval_path = evaluate.run(cfg.eval, wd, gt_mesh=gt_mesh, force=force)
-    fuse_ran = before is None or fused.summary != before.summary  # each run's summary has its own seconds
     return ModelRun(model, wd, list(mesh_paths), eval_path, fuse_ran)
 
 
@@ -129,11 +145,14 @@ def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Opt
 
 
 def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optional[Path] = None,
-        force: bool = False) -> RunResult:
-    """ingest -> depth -> fuse -> mesh (-> eval with `gt_mesh`) in `workdir`, under the workdir lock."""
+        force: bool = False, overlaps: tuple[str, ...] = OVERLAPS) -> RunResult:
+    """ingest -> depth -> fuse -> mesh (-> eval with `gt_mesh`) in `workdir`, under the workdir lock, with the
+    `overlaps` named in OVERLAPS (all by default)."""
     workdir = WorkDir(workdir)
     if gt_mesh is not None and not Path(gt_mesh).is_file():  # before hours of work, not after
         raise PromptmeshError(f"{gt_mesh}: ground-truth mesh not found; pass --gt-mesh with an existing mesh file")
+    unknown = set(overlaps) - set(OVERLAPS)
+    assert not unknown, f"unknown overlaps {unknown}; known: {OVERLAPS}"
     timings: dict[str, float] = {}
     with WorkdirLock(workdir):
         with _timed(timings, "ingest"):
@@ -141,9 +160,9 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
         ingest_summary = Manifest.read(workdir.capture).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
-        if force or Manifest.read(workdir.mesh_stage) is None:  # fusion is likely to run: while depth leaves part
-            fuse.presize_meanwhile(workdir, cfg.fuse)          # of a core idle, import Open3D and pre-size the grid
-        done = run_model(cfg, workdir, model, gt_mesh, force, timings)
+        if "plan_fusion" in overlaps and (force or Manifest.read(workdir.mesh_stage) is None):  # fusion is likely
+            fuse.plan_meanwhile(workdir, cfg.fuse)                                            # to run
+        done = run_model(cfg, workdir, model, gt_mesh, force, timings, overlaps=overlaps)
         refine_s = (Manifest.read(workdir.fuse).summary.get("seconds_refine")
                     if done.fuse_ran and cfg.fuse.refine_poses else None)
         mesh_paths, eval_path = done.mesh_paths, done.eval_path

@@ -107,13 +107,13 @@ def culled_fscores(meshes: dict[str, Path], gt_mesh: Path, cameras_workdir: Path
     every mesh)."""
     from pipeline.capture import CaptureTable
     from pipeline.config import EvalConfig
-    from pipeline.evaluate import load_mesh, score_meshes
+    from pipeline.evaluate import SEED_PRED, load_ground_truth, load_mesh, sampled_points, score_meshes
 
     table = CaptureTable.load(cameras_workdir)
     cfg = EvalConfig(cull_stride=-(-len(table) // CULL_CAMERAS))
-    gt_v, gt_t = load_mesh(gt_mesh, "ground-truth mesh")
-    return {name: score_meshes(*load_mesh(path, "mesh"), gt_v, gt_t, table, table.camera_to_world, cfg,
-                               gt_mesh).culled["fscore"] for name, path in meshes.items()}
+    gt = load_ground_truth(gt_mesh, cfg)
+    return {name: score_meshes(sampled_points(*load_mesh(path, "mesh"), cfg, SEED_PRED), gt, table,
+                               table.camera_to_world, cfg).culled["fscore"] for name, path in meshes.items()}
 
 
 def benchmark(capture: Path, work: Path, repeats: int, before: Optional[Path],
