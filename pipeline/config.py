@@ -38,8 +38,11 @@ class IngestConfig:
     """Keep every frame (after stride windows and blur rejection) instead of selecting keyframes."""
     keyframe_translation_depth_ratio: float = KeyframeSettings.translation_ratio
     """A frame is a keyframe when its camera centre is at least this far from every recent keyframe's (or it
-    turned, or it sees new surface), in metres per metre of the median LiDAR depth it looks at (0.04 = 8 cm at
-    2 m, 1.2 cm at 0.3 m)."""
+    turned, or it sees new surface), in metres per metre of the median LiDAR depth it looks at, less closer than
+    keyframe_close_range_m (0.04 = 8 cm at 2 m, 6.6 mm at 0.3 m)."""
+    keyframe_close_range_m: float = KeyframeSettings.close_range_m
+    """Closer than this median depth (metres), the distance between keyframes shrinks as depth^1.5, not depth: the
+    LiDAR's noise does not shrink with depth there, so close-ups get more views of each surface."""
     keyframe_rotation_deg: float = KeyframeSettings.rotation_deg
     """A frame whose orientation differs from every recent keyframe's by at least this many degrees is a
     keyframe."""
@@ -256,8 +259,9 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
     checks = [
         (cfg.ingest.stride >= 1, "ingest.stride must be >= 1"),
         (cfg.ingest.max_frames >= 0, "ingest.max_frames must be >= 0 (0 = no limit)"),
-        (cfg.ingest.keyframe_translation_depth_ratio > 0 and cfg.ingest.keyframe_rotation_deg > 0,
-         "ingest.keyframe_translation_depth_ratio and keyframe_rotation_deg must be > 0"),
+        (cfg.ingest.keyframe_translation_depth_ratio > 0 and cfg.ingest.keyframe_rotation_deg > 0
+         and cfg.ingest.keyframe_close_range_m > 0,
+         "ingest.keyframe_translation_depth_ratio, keyframe_rotation_deg and keyframe_close_range_m must be > 0"),
         (0 <= cfg.ingest.keyframe_min_overlap_ratio <= 1, "ingest.keyframe_min_overlap_ratio must be in [0, 1]"),
         (cfg.ingest.keyframe_recent_count >= 1 and cfg.ingest.keyframe_neighbourhood_frames >= 1,
          "ingest.keyframe_recent_count and keyframe_neighbourhood_frames must be >= 1"),

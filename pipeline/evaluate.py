@@ -44,7 +44,6 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from . import ahead
 from .artifacts import (Manifest, atomic_write_json, file_sha256, fingerprint, invalidate, is_current,
                         upstream_fingerprint)
 from .capture import CaptureTable
@@ -240,19 +239,6 @@ def load_ground_truth(path: Path, cfg: EvalConfig) -> GroundTruth:
                        raycasting_scene(vertices, triangles))
 
 
-def _ground_truth_inputs(path: Path, cfg: EvalConfig) -> tuple:
-    """What a GroundTruth depends on: the file (path, size, mtime) and the sampling settings."""
-    st = Path(path).stat()
-    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns, cfg.sample_spacing_m, cfg.downsample_m
-
-
-def ground_truth_meanwhile(path: Path, cfg: EvalConfig) -> None:
-    """Start `load_ground_truth` on a thread now, for this process's next eval `run` against `path` to take
-    (`pipeline.ahead`); the runner calls it when the run starts, so that the GT is ready when the mesh is."""
-    ahead.start(("eval.gt", str(Path(path).resolve())), _ground_truth_inputs(path, cfg),
-                lambda: load_ground_truth(path, cfg), name="load-gt")
-
-
 def score_meshes(pred: np.ndarray, gt: GroundTruth, table: CaptureTable, camera_to_world: np.ndarray,
                  cfg: EvalConfig) -> MeshScores:
     """Culled and unculled scores of a predicted mesh's samples `pred` ((N,3), `sampled_points` with SEED_PRED)
@@ -290,7 +276,6 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     stamp = fingerprint(STAGE, cfg, [upstream, file_sha256(gt_mesh)])
     edir = wd.eval
     if not force and is_current(edir, stamp):
-        ahead.discard(("eval.gt", str(gt_mesh.resolve())))
         log.info("eval: up to date (%s)", wd.eval_json)
         return wd.eval_json
 
@@ -298,13 +283,11 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     log.info("eval: %s against %s; threshold %g cm, downsample %g cm, sample spacing %g cm", pred_mesh, gt_mesh,
              cfg.threshold_m * 100, cfg.downsample_m * 100, cfg.sample_spacing_m * 100)
     t0 = time.perf_counter()
-    gt = ahead.take(("eval.gt", str(gt_mesh.resolve())), _ground_truth_inputs(gt_mesh, cfg))
-    prepared_ahead = gt is not None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load-gt") as pool:  # numpy releases the GIL:
-        gt_job = None if prepared_ahead else pool.submit(load_ground_truth, gt_mesh, cfg)  # both meshes at once
+        gt_job = pool.submit(load_ground_truth, gt_mesh, cfg)                       # both meshes at once
         pred_vertices, pred_triangles = load_mesh(pred_mesh, "predicted mesh")
         pred = sampled_points(pred_vertices, pred_triangles, cfg, SEED_PRED)
-        gt = gt or gt_job.result()  # a bad GT keeps the last eval
+        gt = gt_job.result()  # a bad GT keeps the last eval
     invalidate(edir)
     table = CaptureTable.load(wd)
     scores = score_meshes(pred, gt, table, fused_camera_to_world(wd, table), cfg)
@@ -337,7 +320,7 @@ def run(cfg: EvalConfig, workdir: WorkDirLike, gt_mesh: Path, force: bool = Fals
     seconds = time.perf_counter() - t0
     Manifest(STAGE, stamp, outputs=outputs,
              settings={"cfg": cfg, "gt_mesh": str(gt_mesh.resolve()), "pred_mesh": str(pred_mesh)},
-             summary={"seconds": round(seconds, 3), "gt_prepared_ahead": prepared_ahead, "gt_points": scores.gt_points, "pred_points": scores.pred_points,
+             summary={"seconds": round(seconds, 3), "gt_points": scores.gt_points, "pred_points": scores.pred_points,
                       **curve["culling"]}).write(edir)
     log.info("eval: culled F@%g cm %.3f (P %.3f, R %.3f), unculled F %.3f, acc %.2f cm, comp %.2f cm in %.1f s -> %s",
              cfg.threshold_m * 100, culled["fscore"], culled["precision"], culled["recall"], unculled["fscore"],

@@ -20,6 +20,12 @@ Conventions:
   Its intrinsics get the principal point shifted by half a pixel (`open3d_intrinsics`).
 - Truncation = sdf_trunc_voxels * voxel_size_m.
 
+Before integrating, fusion settles its plan (`plan_fusion`: the voxel size, the refined poses, the grid's
+pre-size at those poses); it needs only the capture, so `promptmesh run` computes it on a thread while the
+depth stage runs (`plan_meanwhile`). After integrating, `run` can hand the grid to the mesh stage in memory
+and save the volume on a thread meanwhile (hand_to_mesh, `LiveGrid`). docs/benchmarks.md ("Overlap") measures
+both; the outputs are the same either way.
+
 Speed: frames are read and decoded (PNG/JPEG, resize, masking) by two background threads feeding a bounded,
 ordered queue, so that integration is the only limit; the voxel hash map is pre-sized
 (`estimate_block_count`) so that it never rehashes mid-run. Memory: at most PREFETCH_FRAMES decoded frames

@@ -121,7 +121,8 @@ def summary_line(counts: dict, capture_folder: Optional[Path] = None) -> str:
 def keyframe_settings(cfg: IngestConfig) -> keyframes.KeyframeSettings:
     """The keyframe thresholds of an ingest config."""
     return keyframes.KeyframeSettings(
-        translation_ratio=cfg.keyframe_translation_depth_ratio, rotation_deg=cfg.keyframe_rotation_deg,
+        translation_ratio=cfg.keyframe_translation_depth_ratio, close_range_m=cfg.keyframe_close_range_m,
+        rotation_deg=cfg.keyframe_rotation_deg,
         min_overlap=cfg.keyframe_min_overlap_ratio, recent=cfg.keyframe_recent_count,
         neighbourhood_frames=cfg.keyframe_neighbourhood_frames)
 

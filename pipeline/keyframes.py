@@ -3,9 +3,13 @@
 A phone records 30-60 frames a second, so consecutive frames mostly see the same surfaces. A frame becomes a
 keyframe when, against each of the `recent` last keyframes, it is novel in one of three ways:
 
-- moved:   its camera centre is at least `translation_ratio` x (the median LiDAR depth it looks at) from every
-           recent keyframe's. Scaled by depth, the same rule keeps a keyframe every few centimetres across a
-           room and every few millimetres on a close-up (the views change as fast there).
+- moved:   its camera centre is at least `translation_ratio` x its depth scale from every recent keyframe's.
+           The depth scale (`depth_scale_m`) is the median LiDAR depth d it looks at, and below `close_range_m`
+           d x sqrt(d / close_range_m): scaled by depth, the same rule keeps a keyframe every few centimetres
+           across a room and every few millimetres on a close-up (the views change as fast there); closer
+           than `close_range_m` it keeps denser still, because the LiDAR's noise does not shrink with depth
+           there (a floor of a few millimetres) while the automatic voxel stops at 4 mm, so each surface needs
+           more views to average it out.
 - turned:  its orientation differs from every recent keyframe's by at least `rotation_deg`.
 - new surface: less than `min_overlap` of its LiDAR footprint (the LiDAR points it sees, in world
            coordinates) was seen by the recent keyframes (projected into their LiDAR maps, nearest pixel,
@@ -45,7 +49,9 @@ class KeyframeSettings:
     """The thresholds of the module docstring; their defaults are IngestConfig's keyframe_* defaults."""
 
     translation_ratio: float = 0.04
-    """Camera-centre distance to every recent keyframe, as a fraction of the frame's median depth (metres/metre)."""
+    """Camera-centre distance to every recent keyframe, as a fraction of the frame's depth scale (metres/metre)."""
+    close_range_m: float = 1.0
+    """Median depth below which the depth scale shrinks faster than the depth (`depth_scale_m`), metres."""
     rotation_deg: float = 10.0
     """Orientation difference to every recent keyframe, degrees."""
     min_overlap: float = 0.85
@@ -124,12 +130,18 @@ def seen_fraction(points_world: np.ndarray, keyframes: Iterable[View], depth_tol
     return float(seen.mean())
 
 
+def depth_scale_m(depth_m: float, s: KeyframeSettings) -> float:
+    """What camera motion is measured against for a view at median depth `depth_m`: depth_m, and closer than
+    s.close_range_m depth_m x sqrt(depth_m / s.close_range_m) (metres; module docstring)."""
+    return depth_m * math.sqrt(min(1.0, depth_m / s.close_range_m))
+
+
 @dataclass
 class Novelty:
     """How a view compares with the recent keyframes."""
 
     translation_ratio: float
-    """Distance to the nearest recent keyframe centre / the view's median depth (inf without keyframes)."""
+    """Distance to the nearest recent keyframe centre / the view's depth scale (inf without keyframes)."""
     rotation_deg: float
     """Smallest orientation difference to a recent keyframe, degrees."""
     pose_novel: bool
@@ -140,9 +152,9 @@ class Novelty:
 
 def novelty(view: View, keyframes: list[View], s: KeyframeSettings, fallback_depth_m: float) -> Novelty:
     """Compare `view` with `keyframes`; a view without valid depth is scaled by `fallback_depth_m`."""
-    depth = view.median_depth_m if view.median_depth_m > 0 else fallback_depth_m
+    scale = depth_scale_m(view.median_depth_m if view.median_depth_m > 0 else fallback_depth_m, s)
     c = view.camera_to_world[:3, 3]
-    trans = [float(np.linalg.norm(c - kf.camera_to_world[:3, 3])) / depth for kf in keyframes]
+    trans = [float(np.linalg.norm(c - kf.camera_to_world[:3, 3])) / scale for kf in keyframes]
     rot = [float(rotation_angle_deg(kf.camera_to_world[:3, :3].T @ view.camera_to_world[:3, :3])) for kf in keyframes]
     pose_novel = all(t >= s.translation_ratio or r >= s.rotation_deg for t, r in zip(trans, rot))
     overlap = seen_fraction(view.footprint_world, keyframes, s.depth_tolerance_ratio) if s.min_overlap > 0 else 1.0
@@ -172,8 +184,8 @@ class KeyframeSelector:
     def near(self, first: View, view: View) -> bool:
         """Whether `view` is within `neighbourhood_fraction` of the pose thresholds of `first`."""
         f = self.s.neighbourhood_fraction
-        depth = first.median_depth_m if first.median_depth_m > 0 else self.last_depth_m
-        moved = float(np.linalg.norm(view.camera_to_world[:3, 3] - first.camera_to_world[:3, 3])) / depth
+        scale = depth_scale_m(first.median_depth_m if first.median_depth_m > 0 else self.last_depth_m, self.s)
+        moved = float(np.linalg.norm(view.camera_to_world[:3, 3] - first.camera_to_world[:3, 3])) / scale
         turned = float(rotation_angle_deg(first.camera_to_world[:3, :3].T @ view.camera_to_world[:3, :3]))
         return moved < f * self.s.translation_ratio and turned < f * self.s.rotation_deg
 

@@ -87,14 +87,12 @@ class ModelRun:
     """The fuse stage did work (was not up to date)."""
 
 
-OVERLAPS = ("plan_fusion", "live_grid", "ground_truth")
+OVERLAPS = ("plan_fusion", "live_grid")
 """Work `run` overlaps with other stages (docs/benchmarks.md, "Overlap", measures each):
 - plan_fusion: fusion's plan (voxel size, pose refinement from the LiDAR, grid pre-size) on a thread while the
   depth stage runs (`fuse.plan_meanwhile`);
 - live_grid: the fused grid handed to the mesh stage in memory while the volume is saved on a thread
-  (`fuse.run` hand_to_mesh);
-- ground_truth: the GT mesh read, sampled and indexed for culling on a thread beside the mesh stage, which
-  leaves most of a core idle (`evaluate.ground_truth_meanwhile`).
+  (`fuse.run` hand_to_mesh).
 The outputs are the same with any of them off (tests/test_runner.py)."""
 
 
@@ -113,8 +111,6 @@ def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Pa
     with _timed(timings, "fuse"):
         fuse.run(cfg.fuse, wd, depth_model=model, force=force, hand_to_mesh="live_grid" in overlaps)
     fuse_ran = before is None or Manifest.read(wd.fuse) != before  # each run's summary has its own seconds
-    if gt_mesh is not None and "ground_truth" in overlaps and fuse_ran:  # else eval is probably up to date
-        evaluate.ground_truth_meanwhile(Path(gt_mesh), cfg.eval)
     with _timed(timings, "mesh"):
         mesh_paths = mesh.run(cfg.mesh, wd, force=force)
     eval_path = None

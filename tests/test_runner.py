@@ -153,3 +153,19 @@ def test_compare_runs_each_model_once_and_skips_missing_weights(capture, tmp_pat
     row = next(line for line in text.splitlines() if line.startswith("| lidar |"))
     assert f"{report['models']['lidar']['culled']['fscore']:.3f}" in row and "`promptda-vits`" in text
     assert not lidar.depth("promptda-vits").exists() and lidar.mesh("ply").is_file()
+
+
+def test_overlaps_change_no_output(capture, tmp_path):
+    """Each overlap of runner.OVERLAPS is taken up (the manifests say so) and the outputs are byte-identical to a
+    run without them."""
+    from pipeline.artifacts import Manifest
+
+    cfg = override(_cfg("lidar"), "fuse", refine_poses=True)
+    runs = {name: WorkDir(tmp_path / name) for name in ("with", "without")}
+    runner.run(cfg, capture["stray"], runs["with"].root, gt_mesh=capture["gt_mesh"])
+    runner.run(cfg, capture["stray"], runs["without"].root, gt_mesh=capture["gt_mesh"], overlaps=())
+    taken = {name: (Manifest.read(wd.fuse).summary["planned_ahead"], Manifest.read(wd.fuse).summary[
+        "saved_while_meshing"]) for name, wd in runs.items()}
+    assert taken == {"with": (True, True), "without": (False, False)}
+    for rel in ("mesh.ply", "eval.json", "eval/curve.json", "fuse/tsdf.npz", "fuse/poses.parquet"):
+        assert (runs["with"].root / rel).read_bytes() == (runs["without"].root / rel).read_bytes(), rel

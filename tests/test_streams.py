@@ -1,10 +1,10 @@
-"""streams.prefetch: order, errors, early stop and the bound on work in flight."""
+"""streams.prefetch: order, errors, early stop and the bound on work in flight; ahead: work for a later stage."""
 import threading
 import time
 
 import pytest
 
-from pipeline import streams
+from pipeline import ahead, streams
 from pipeline.errors import PromptmeshError
 
 
@@ -59,3 +59,31 @@ def test_an_interrupt_while_producing_items_lets_handed_out_work_finish():
         for _ in streams.prefetch(slow_write, produce(), max_waiting=4):
             pass
     assert sorted(done) == [0, 1, 2]  # nothing handed to the threads is dropped
+
+
+def test_ahead_gives_work_only_to_equal_inputs_and_once():
+    ran = []
+    ahead.start("k", ("voxel", 0.01), lambda: ran.append(1) or 42, name="t-ahead")
+    assert ahead.take("k", ("voxel", 0.02)) is None  # other inputs: not used, and gone
+    assert ahead.take("k", ("voxel", 0.01)) is None
+    ahead.start("k", ("voxel", 0.01), lambda: 7, name="t-ahead")
+    assert ahead.take("k", ("voxel", 0.01)) == 7
+    assert ahead.take("k", ("voxel", 0.01)) is None  # taken once
+    ahead.put("k", None, "grid")
+    ahead.discard("k")
+    assert ahead.take("k", None) is None
+
+
+def test_ahead_promptmesh_errors_mean_redo_and_bugs_propagate():
+    def unusable():
+        raise PromptmeshError("capture/lidar/000003.png: unreadable")
+
+    ahead.start("k", 1, unusable, name="t-ahead")
+    assert ahead.take("k", 1) is None  # the stage does the work itself and reports the problem
+
+    def bug():
+        raise ZeroDivisionError("bug")
+
+    ahead.start("k", 1, bug, name="t-ahead")
+    with pytest.raises(ZeroDivisionError):
+        ahead.take("k", 1)
