@@ -369,6 +369,42 @@ def test_stray_decoding_keeps_one_frame(tmp_path):
     assert len(refs) == N
 
 
+def test_stray_frames_loaded_after_the_generator_ended_decode_no_frame_twice(tmp_path, monkeypatch):
+    """Keyframe selection decides its last neighbourhood after reading past it: loading those frames must not
+    reopen the video and decode it from the start again (it did: ingest decoded the whole video twice)."""
+    from pipeline.readers import stray
+
+    decoded = []
+    real = cv2.VideoCapture
+
+    class Counting:
+        def __init__(self, *args):
+            self.cap = real(*args)
+
+        def grab(self):
+            decoded.append("grab")
+            return self.cap.grab()
+
+        def read(self):
+            decoded.append("read")
+            return self.cap.read()
+
+        def __getattr__(self, name):  # isOpened, get, release
+            return getattr(self.cap, name)
+
+    monkeypatch.setattr(stray.cv2, "VideoCapture", Counting)
+    src = open_capture(write_stray(tmp_path / "s", GT().frames(), K))
+    frames = []
+    for f in src.frames():  # frames read while iterating, as selection reads them, but not the last two
+        frames.append(f)
+        if len(frames) <= N - 2:
+            f.load_rgb()
+    assert decoded == ["read"] * (N - 2)
+    rgb = [f.load_rgb() for f in frames[-2:]]  # after the generator has ended
+    assert decoded == ["read"] * N  # each frame decoded once: no reopening, no second pass
+    assert rgb_error(rgb[1], GT().rgb[N - 1]) < 3.0
+
+
 def test_r3d_temporary_jpeg_lives_as_long_as_its_frame(tmp_path):
     gt = GT(n=3)
     src = open_capture(write_r3d(tmp_path / "a.r3d", gt.frames(), K))

@@ -268,8 +268,12 @@ class StrayReader:
                         source_name=f"{r.depth_path}",
                         pose_source=f"{path / 'odometry.csv'}, frame {r.frame}",
                     )
-            finally:
+            except GeneratorExit:  # stopped early: nothing more will be read
                 video.close()
+                raise
+            # exhausted: the consumer may still load the last frames it holds (keyframe selection decides a
+            # neighbourhood after reading past it); closing here would make that decode the whole video again.
+            # The decoder is released with the last frame that refers to it.
 
         def gt_depth(frame_index: int) -> Optional[np.ndarray]:
             p = gt_dir / f"{frame_index:06d}.png"
