@@ -8,6 +8,7 @@ mixed up with the benchmark script's own memory.
 from __future__ import annotations
 
 import logging
+import json
 import os
 import re
 import shutil
@@ -56,16 +57,31 @@ class Measured:
     stderr: str
 
 
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+os.write(int(sys.argv[1]), json.dumps([time.perf_counter() - t0, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+                                       os.waitstatus_to_exitcode(status)]).encode())
+"""
+"""Runs a command and reports its wall and CPU time and peak RSS. Measuring through this small process matters:
+a child forked from the benchmark's own (large) process would report the benchmark's memory as its peak RSS,
+since Linux keeps the high-water mark across exec."""
+
+
 def run_measured(cmd: Sequence[str], cwd: Optional[Path] = None, env: Optional[dict] = None) -> Measured:
-    """Run `cmd`, returning its wall and CPU time and its own peak RSS (os.wait4). stdout is discarded."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    """Run `cmd`, returning its wall and CPU time and its own peak RSS (os.wait4 in `_LAUNCHER`). stdout is
+    discarded."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(write_fd), *cmd], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,))
+    os.close(write_fd)
     stderr = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(wall, usage.ru_utime + usage.ru_stime, int(usage.ru_maxrss) * 1024, proc.returncode, stderr)
+    proc.wait()
+    with os.fdopen(read_fd) as f:
+        wall, cpu, maxrss_kib, returncode = json.loads(f.read() or "[0, 0, 0, -1]")
+    return Measured(wall, cpu, int(maxrss_kib) * 1024, returncode, stderr)
 
 
 def check(m: Measured, what: str) -> Measured:
