@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, Iterable, Optional
 
 from .errors import PromptmeshError
 
@@ -20,12 +20,15 @@ _started: dict[Hashable, tuple[Any, Future]] = {}
 _lock = threading.Lock()
 
 
-def start(key: Hashable, inputs: Any, fn: Callable[[], Any], name: str) -> None:
-    """Run fn() on a new thread (named `name`) for the stage that will `take(key, inputs)`; replaces what an
-    earlier `start` or `put` left under `key`."""
+def start(keys: Iterable[Hashable], inputs: Any, fn: Callable[[], Any], name: str) -> None:
+    """Run fn() once, on a new thread (named `name`), for the stages that will `take(key, inputs)` under each of
+    `keys` (several stages that need the same result share one computation); replaces what an earlier `start`
+    or `put` left under those keys."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    future = pool.submit(fn)
     with _lock:
-        _started[key] = (inputs, pool.submit(fn))
+        for key in keys:
+            _started[key] = (inputs, future)
     pool.shutdown(wait=False)  # the thread ends after this one task
 
 

@@ -361,16 +361,17 @@ def _plan_inputs(cfg: FuseConfig) -> FuseConfig:
     return dataclasses.replace(cfg, min_confidence=0, device="auto")
 
 
-def plan_meanwhile(workdir: WorkDirLike, cfg: FuseConfig) -> None:
-    """Start importing Open3D and `plan_fusion` (pose refinement included) on a thread now, for the next `run`
-    on this work directory to take (`pipeline.ahead`); the runner calls it after ingest, while depth runs."""
-    wd = WorkDir(workdir)
+def plan_meanwhile(workdirs: list[WorkDirLike], cfg: FuseConfig) -> None:
+    """Start importing Open3D and `plan_fusion` (pose refinement included) on a thread now, once, for the next
+    `run` on each of these work directories to take (`pipeline.ahead`). They must share one ingested capture
+    (compare: one per depth model). The runner calls it after ingest, while depth runs."""
+    wds = [WorkDir(w) for w in workdirs]
 
     def plan() -> FusionPlan:
         importlib.import_module("open3d")
-        return plan_fusion(cfg, CaptureTable.load(wd))
+        return plan_fusion(cfg, CaptureTable.load(wds[0]))
 
-    ahead.start(("fuse.plan", wd.fuse), _plan_inputs(cfg), plan, name="plan-fusion")
+    ahead.start([("fuse.plan", wd.fuse) for wd in wds], _plan_inputs(cfg), plan, name="plan-fusion")
 
 
 @dataclass

@@ -121,22 +121,28 @@ def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Pa
 
 
 def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Optional[Path] = None,
-               force: bool = False, through_fusion: bool = True) -> tuple[dict[str, ModelRun], dict[str, str]]:
+               force: bool = False, through_fusion: bool = True,
+               overlaps: tuple[str, ...] = OVERLAPS) -> tuple[dict[str, ModelRun], dict[str, str]]:
     """`run_model` for each model on an ingested work directory, fusion onwards in compare/<model>/ (compare,
     benchmark). A model that needs weights which are not available is skipped with the reason (the one place
-    of that rule): returns ({model: ModelRun}, {model: why skipped}); an error when no model could run."""
-    runs, skipped = {}, {}
-    for model in models:
-        why = depth.missing_weights(dataclasses.replace(cfg.depth, model=model))
-        if why is not None:
-            log.warning("%s skipped: %s", model, why)
-            skipped[model] = why
-            continue
-        log.info("depth model %s", model)
-        runs[model] = run_model(cfg, wd.compare_model(model), model, gt_mesh, force, through_fusion=through_fusion)
-    if not runs:
+    of that rule): returns ({model: ModelRun}, {model: why skipped}); an error when no model could run.
+    Fusion's plan (pose refinement included) depends only on the capture, so it is computed once for all
+    models (`fuse.plan_meanwhile`), during the first model's depth stage."""
+    skipped = {m: why for m in models if (why := depth.missing_weights(dataclasses.replace(cfg.depth, model=m)))}
+    for model, why in skipped.items():
+        log.warning("%s skipped: %s", model, why)
+    to_run = [m for m in models if m not in skipped]
+    if not to_run:
         raise PromptmeshError(f"{wd.root}: no depth model could run ({skipped}); add lidar or guided to "
                               "--depth-models")
+    to_fuse = [wd.compare_model(m) for m in to_run if force or Manifest.read(wd.compare_model(m).mesh_stage) is None]
+    if through_fusion and "plan_fusion" in overlaps and to_fuse:
+        fuse.plan_meanwhile(to_fuse, cfg.fuse)
+    runs = {}
+    for model in to_run:
+        log.info("depth model %s", model)
+        runs[model] = run_model(cfg, wd.compare_model(model), model, gt_mesh, force, through_fusion=through_fusion,
+                                overlaps=overlaps)
     return runs, skipped
 
 
@@ -157,7 +163,7 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
         if "plan_fusion" in overlaps and (force or Manifest.read(workdir.mesh_stage) is None):  # fusion is likely
-            fuse.plan_meanwhile(workdir, cfg.fuse)                                            # to run
+            fuse.plan_meanwhile([workdir], cfg.fuse)                                          # to run
         done = run_model(cfg, workdir, model, gt_mesh, force, timings, overlaps=overlaps)
         refine_s = (Manifest.read(workdir.fuse).summary.get("seconds_refine")
                     if done.fuse_ran and cfg.fuse.refine_poses else None)

@@ -169,3 +169,18 @@ def test_overlaps_change_no_output(capture, tmp_path):
     assert taken == {"with": (True, True), "without": (False, False)}
     for rel in ("mesh.ply", "eval.json", "eval/curve.json", "fuse/tsdf.npz", "fuse/poses.parquet"):
         assert (runs["with"].root / rel).read_bytes() == (runs["without"].root / rel).read_bytes(), rel
+
+
+def test_compare_refines_poses_once_for_all_models(capture, tmp_path, monkeypatch):
+    from pipeline import compare, fuse
+    from pipeline.artifacts import Manifest
+
+    calls = []
+    real = fuse.refine_poses
+    monkeypatch.setattr(fuse, "refine_poses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = override(_cfg("lidar"), "eval", sample_spacing_m=0.02)
+    compare.run(cfg, capture["stray"], tmp_path / "cmp", gt_mesh=capture["gt_mesh"], models=["lidar", "guided"])
+    out = {m: WorkDir(tmp_path / "cmp").compare_model(m) for m in ("lidar", "guided")}
+    assert len(calls) == 1  # the plan depends on the capture only: one refinement serves both models
+    assert all(Manifest.read(o.fuse).summary["planned_ahead"] for o in out.values())
+    assert out["lidar"].poses_parquet.read_bytes() == out["guided"].poses_parquet.read_bytes()

@@ -63,10 +63,10 @@ def test_an_interrupt_while_producing_items_lets_handed_out_work_finish():
 
 def test_ahead_gives_work_only_to_equal_inputs_and_once():
     ran = []
-    ahead.start("k", ("voxel", 0.01), lambda: ran.append(1) or 42, name="t-ahead")
+    ahead.start(["k"], ("voxel", 0.01), lambda: ran.append(1) or 42, name="t-ahead")
     assert ahead.take("k", ("voxel", 0.02)) is None  # other inputs: not used, and gone
     assert ahead.take("k", ("voxel", 0.01)) is None
-    ahead.start("k", ("voxel", 0.01), lambda: 7, name="t-ahead")
+    ahead.start(["k"], ("voxel", 0.01), lambda: 7, name="t-ahead")
     assert ahead.take("k", ("voxel", 0.01)) == 7
     assert ahead.take("k", ("voxel", 0.01)) is None  # taken once
     ahead.put("k", None, "grid")
@@ -78,12 +78,18 @@ def test_ahead_promptmesh_errors_mean_redo_and_bugs_propagate():
     def unusable():
         raise PromptmeshError("capture/lidar/000003.png: unreadable")
 
-    ahead.start("k", 1, unusable, name="t-ahead")
+    ahead.start(["k"], 1, unusable, name="t-ahead")
     assert ahead.take("k", 1) is None  # the stage does the work itself and reports the problem
 
     def bug():
         raise ZeroDivisionError("bug")
 
-    ahead.start("k", 1, bug, name="t-ahead")
+    ahead.start(["k"], 1, bug, name="t-ahead")
     with pytest.raises(ZeroDivisionError):
         ahead.take("k", 1)
+
+
+def test_ahead_shares_one_computation_between_keys():
+    calls = []
+    ahead.start(["a", "b"], 1, lambda: calls.append(1) or "plan", name="t-ahead")
+    assert (ahead.take("a", 1), ahead.take("b", 1), calls) == ("plan", "plan", [1])
