@@ -23,7 +23,7 @@ from pipeline.capture import CaptureTable, FrameRow, write_frames_table
 from pipeline.config import EvalConfig, FuseConfig, MeshConfig
 from pipeline.errors import PromptmeshError
 from pipeline.export.gltf import read_glb
-from pipeline.geometry import scale_intrinsics
+from pipeline.geometry import camera_rays, scale_intrinsics
 from pipeline.images import depth_m_to_mm
 from pipeline.workdir import WorkDir
 
@@ -71,12 +71,11 @@ def render(room: o3d.geometry.TriangleMesh, camera_to_world: np.ndarray, K: np.n
     given, maps (h,w,3) world points of the hits to (h,w) factors in [0, 1] that the colours are scaled by."""
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(room))
-    depth = evaluate.render_depth(scene, K, camera_to_world, wh)
+    rays = camera_rays(K, camera_to_world, wh)
+    hit = scene.cast_rays(o3d.core.Tensor(rays))
+    depth = hit["t_hit"].numpy()  # rays have camera z = 1: the ray parameter is the z-depth
+    dirs = rays[..., 3:].astype(np.float64)
     w, h = wh
-    v, u = np.mgrid[0:h, 0:w].astype(float)
-    dirs = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1) @ camera_to_world[:3, :3].T
-    hit = scene.cast_rays(o3d.core.Tensor(np.concatenate(
-        [np.broadcast_to(camera_to_world[:3, 3], dirs.shape), dirs], -1).astype(np.float32)))
     normals = hit["primitive_normals"].numpy()
     inward = -np.sign(np.einsum("hwc,hwc->hw", normals, dirs))[..., None] * normals
     rgb = np.zeros((h, w, 3), np.uint8)
