@@ -40,6 +40,19 @@ REDO = "rerun the stage that writes it with --force"
 """The `fix` for a damaged work-directory file whose stage is not known to the reader."""
 
 
+def srgb8_to_linear(rgb8: np.ndarray) -> np.ndarray:
+    """sRGB-encoded uint8 colours -> linear-light float64 in [0, 1] (IEC 61966-2-1 transfer function)."""
+    c = np.asarray(rgb8, np.float64) / 255.0
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb8(linear: np.ndarray) -> np.ndarray:
+    """Linear-light colours in [0, 1] -> sRGB-encoded uint8 (the inverse of `srgb8_to_linear`, rounded)."""
+    c = np.clip(np.asarray(linear, np.float64), 0.0, 1.0)
+    encoded = np.where(c <= 0.0031308, 12.92 * c, 1.055 * c ** (1 / 2.4) - 0.055)
+    return np.rint(encoded * 255.0).astype(np.uint8)
+
+
 def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
     """float metres (0/NaN/inf/negative = invalid) -> uint16 millimetres (0 = invalid, beyond 65.535 m too)."""
     mm = np.rint(np.asarray(depth_m, np.float64) * MM_PER_M)

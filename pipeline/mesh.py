@@ -11,8 +11,8 @@ optional quadric decimation to about `target_triangles`.
 The mesh stays in the capture's world frame (the TSDF was integrated there), metres. Export: PLY written
 directly (binary, float32 positions as marching cubes made them, uchar RGB vertex colours) and always
 (the measurable mesh eval reads); through trimesh, OBJ (`v x y z r g b`, colours in [0, 1]); GLB through
-export.gltf (glTF 2.0 binary, COLOR_0 vertex colours, unit smooth normals, an unlit material; passes the Khronos
-validator). glTF itself has no world frame: the coordinates are written as they are (ARKit worlds are y up, like
+export.gltf (glTF 2.0 binary, COLOR_0 vertex colours in linear light as glTF specifies, unit smooth normals, an
+unlit material; passes the Khronos validator). glTF itself has no world frame: the coordinates are written as they are (ARKit worlds are y up, like
 glTF).
 """
 from __future__ import annotations

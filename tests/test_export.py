@@ -27,7 +27,8 @@ from pipeline.config import ExportConfig, MeshConfig
 from pipeline.errors import PromptmeshError
 from pipeline.export.ar import recenter_offset
 from pipeline.export.fidelity import ColoredMesh, frame_psnr, glb_mesh
-from pipeline.export.gltf import read_glb, unit_normals, write_glb
+from pipeline.export.gltf import read_glb, srgb8_colors, unit_normals, write_glb
+from pipeline.images import srgb8_to_linear
 from pipeline.workdir import WorkDir
 from test_fuse_mesh_eval import FUSE, ROOM_SIZE_M, build_workdir
 
@@ -99,12 +100,21 @@ def test_unit_normals_replace_zero_length():
 def test_glb_round_trip_positions_indices_and_unlit_material(tmp_path):
     vertices = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
     triangles = np.array([[0, 1, 2], [0, 2, 3]])
-    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [9, 9, 9]], np.uint8)
+    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 9, 0]], np.uint8)
     gltf, arrays, image = read_glb(write_glb(tmp_path / "m.glb", vertices, triangles, colors_rgb8=colors))
     assert image is None and all(v["byteOffset"] % 4 == 0 for v in gltf["bufferViews"])
     np.testing.assert_array_equal(arrays["POSITION"], vertices)
     np.testing.assert_array_equal(arrays["indices"], triangles)
-    np.testing.assert_array_equal(arrays["COLOR_0"], np.concatenate([colors, np.full((4, 1), 255, np.uint8)], 1))
+    # COLOR_0 is linear (glTF): sRGB 128 -> ((128/255 + 0.055) / 1.055)^2.4 = 0.21586 -> 14146 of 65535;
+    # 9 (below the linear segment's end, 0.04045 x 255) -> 9/255/12.92 = 0.0027318 -> 179
+    color_0 = gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"]]
+    assert (color_0["componentType"], color_0["normalized"], color_0["type"]) == (5123, True, "VEC4")
+    np.testing.assert_array_equal(arrays["COLOR_0"], [[65535, 0, 0, 65535], [0, 65535, 0, 65535],
+                                                      [0, 0, 65535, 65535], [14146, 179, 0, 65535]])
+    np.testing.assert_array_equal(srgb8_colors(arrays["COLOR_0"]), colors)
+    every_level = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, 1)  # each sRGB byte comes back
+    np.testing.assert_array_equal(srgb8_colors(np.rint(np.c_[srgb8_to_linear(every_level), np.ones(256)] * 65535)),
+                                  every_level)
     material = gltf["materials"][0]
     assert "KHR_materials_unlit" in material["extensions"] and material["pbrMetallicRoughness"]["metallicFactor"] == 0
     assert gltf["accessors"][gltf["meshes"][0]["primitives"][0]["attributes"]["POSITION"]]["max"] == [1, 1, 1]

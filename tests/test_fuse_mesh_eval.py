@@ -22,7 +22,7 @@ from pipeline.artifacts import Manifest, write_png_atomic
 from pipeline.capture import CaptureTable, FrameRow, write_frames_table
 from pipeline.config import EvalConfig, FuseConfig, MeshConfig
 from pipeline.errors import PromptmeshError
-from pipeline.export.gltf import read_glb
+from pipeline.export.gltf import read_glb, srgb8_colors
 from pipeline.geometry import camera_rays, scale_intrinsics
 from pipeline.images import depth_m_to_mm
 from pipeline.workdir import WorkDir
@@ -191,7 +191,7 @@ def test_exports_reload_with_same_vertices_and_colours(room):
     assert {"POSITION", "COLOR_0", "NORMAL"} <= set(arrays)
     np.testing.assert_allclose(arrays["POSITION"], ref.vertices, atol=1e-5)
     np.testing.assert_array_equal(arrays["indices"], ref.faces)
-    np.testing.assert_array_equal(arrays["COLOR_0"][:, :3], np.asarray(ref.visual.vertex_colors)[:, :3])
+    np.testing.assert_array_equal(srgb8_colors(arrays["COLOR_0"]), np.asarray(ref.visual.vertex_colors)[:, :3])
     np.testing.assert_allclose(np.linalg.norm(arrays["NORMAL"], axis=1), 1, atol=1e-5)
     assert len(trimesh.load(wd.mesh("glb"), force="mesh", process=False).faces) == len(ref.faces)
     manifest = Manifest.read(wd.mesh_stage)

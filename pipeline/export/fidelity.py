@@ -94,10 +94,10 @@ def glb_mesh(path: Path) -> ColoredMesh:
     """A GLB written by gltf.write_glb, textured or vertex-coloured."""
     import cv2
 
-    from .gltf import read_glb
+    from .gltf import read_glb, srgb8_colors
 
     _, arrays, image = read_glb(path)
     if image is None:
-        return ColoredMesh(arrays["POSITION"], arrays["indices"], colors=arrays["COLOR_0"][:, :3])
+        return ColoredMesh(arrays["POSITION"], arrays["indices"], colors=srgb8_colors(arrays["COLOR_0"]))
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     return ColoredMesh(arrays["POSITION"], arrays["indices"], uv=arrays["TEXCOORD_0"], image=rgb)

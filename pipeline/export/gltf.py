@@ -2,7 +2,10 @@
 texture, one unlit material.
 
 Conventions: glTF is Y up, right-handed, metres; positions are written as given (the capture's world).
-TEXCOORD_0 has (0, 0) at the image's TOP-left corner (v grows downwards in the image). The material is
+TEXCOORD_0 has (0, 0) at the image's TOP-left corner (v grows downwards in the image). Colours: glTF vertex
+colours (COLOR_0) are linear, so the scan's sRGB colours are converted (`images.srgb8_to_linear`) and written
+as normalized unsigned shorts (8 bits of linear light would merge 73 of the 256 dark sRGB levels; 16 bits give
+every sRGB byte back exactly, `srgb8_colors`); a texture image stays sRGB, as glTF specifies. The material is
 `KHR_materials_unlit` with metallicFactor 0 (a scan's colours are already lit; the default metallic material
 renders black without an environment map). Every attribute is 4-byte aligned and each bufferView holds one
 attribute (no byteStride needed), so the Khronos glTF validator reports no issue.
@@ -17,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..artifacts import atomic_write_bytes
+from ..images import linear_to_srgb8, srgb8_to_linear
 
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963
 FLOAT, UNSIGNED_BYTE, UNSIGNED_SHORT, UNSIGNED_INT = 5126, 5121, 5123, 5125
@@ -55,7 +59,7 @@ def write_glb(path: Path, vertices: np.ndarray, triangles: np.ndarray, *, normal
         vertices: (V,3) positions, metres (written as float32).
         triangles: (T,3) vertex indices, counter-clockwise seen from the front.
         normals: (V,3) unit normals or None.
-        colors_rgb8: (V,3) uint8 sRGB vertex colours (COLOR_0) or None.
+        colors_rgb8: (V,3) uint8 sRGB vertex colours or None (written as linear COLOR_0, module docstring).
         uv: (V,2) texture coordinates, glTF convention ((0,0) = image top-left), with `texture`.
         texture: encoded image bytes (JPEG or PNG, see texture_mime), embedded in the binary chunk.
     """
@@ -89,9 +93,10 @@ def write_glb(path: Path, vertices: np.ndarray, triangles: np.ndarray, *, normal
                                            min=vertices.min(0).tolist(), max=vertices.max(0).tolist())}
     if normals is not None:
         attributes["NORMAL"] = add_accessor(unit_normals(normals), FLOAT, "VEC3", ARRAY_BUFFER)
-    if colors_rgb8 is not None:
-        rgba = np.concatenate([np.asarray(colors_rgb8, np.uint8), np.full((n_vertices, 1), 255, np.uint8)], 1)
-        attributes["COLOR_0"] = add_accessor(rgba, UNSIGNED_BYTE, "VEC4", ARRAY_BUFFER, normalized=True)
+    if colors_rgb8 is not None:  # linear light, RGBA (VEC4 keeps each vertex's colour 4-byte aligned)
+        linear = np.rint(srgb8_to_linear(colors_rgb8) * 65535).astype("<u2")
+        rgba = np.concatenate([linear, np.full((n_vertices, 1), 65535, "<u2")], 1)
+        attributes["COLOR_0"] = add_accessor(rgba, UNSIGNED_SHORT, "VEC4", ARRAY_BUFFER, normalized=True)
     pbr: dict = {"baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": 0.0, "roughnessFactor": 1.0}
     gltf: dict = {"asset": {"version": "2.0", "generator": "promptmesh"}}
     if uv is not None:
@@ -128,8 +133,9 @@ TYPE_WIDTH = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 
 def read_glb(path: Path) -> tuple[dict, dict[str, np.ndarray], Optional[bytes]]:
     """(glTF JSON, the first primitive's arrays, the first image's bytes or None) of a GLB written by
-    write_glb. Arrays: "indices" (T,3) int64 and each attribute by name (POSITION (V,3) float32, COLOR_0 (V,4)
-    uint8, TEXCOORD_0 (V,2) float32, ...). For reading our own files back (tests, benchmarks)."""
+    write_glb. Arrays: "indices" (T,3) int64 and each attribute by name as stored (POSITION (V,3) float32,
+    COLOR_0 (V,4) uint16 linear: `srgb8_colors` gives the sRGB bytes, TEXCOORD_0 (V,2) float32, ...). For reading
+    our own files back (tests, benchmarks)."""
     data = Path(path).read_bytes()
     magic, version, total = struct.unpack_from("<4sII", data, 0)
     json_length, json_type = struct.unpack_from("<I4s", data, 12)
@@ -154,3 +160,8 @@ def read_glb(path: Path) -> tuple[dict, dict[str, np.ndarray], Optional[bytes]]:
     arrays["indices"] = accessor(primitive["indices"]).astype(np.int64).reshape(-1, 3)
     image = view_bytes(gltf["images"][0]["bufferView"]) if gltf.get("images") else None
     return gltf, arrays, image
+
+
+def srgb8_colors(color_0: np.ndarray) -> np.ndarray:
+    """COLOR_0 as `read_glb` returns it ((V,4) normalized uint16, linear) -> (V,3) uint8 sRGB, what was written."""
+    return linear_to_srgb8(np.asarray(color_0[:, :3], np.float64) / 65535.0)

@@ -16,8 +16,9 @@ const toggle = document.getElementById('measure-toggle');
 
 const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
 renderer.setPixelRatio(window.devicePixelRatio);
-// Unlit and without colour management: the captured (sRGB) colours reach the screen as stored.
-renderer.outputColorSpace = THREE.LinearSRGBColorSpace;
+// Unlit; glTF vertex colours are linear and textures sRGB (three.js decodes both to linear), and the output is
+// encoded to sRGB again: the captured colours reach the screen as they were captured.
+renderer.outputColorSpace = THREE.SRGBColorSpace;
 const scene = new THREE.Scene();
 scene.background = new THREE.Color(0x1d2026);
 const camera = new THREE.PerspectiveCamera(60, 1, 0.01, 1000);
@@ -47,7 +48,7 @@ function makeUnlit(root) {
     const old = object.material;
     const map = old.map || null;
     if (map) {
-      map.colorSpace = THREE.NoColorSpace; // texels reach the screen unchanged, like the vertex colours
+      map.colorSpace = THREE.SRGBColorSpace; // the texture holds sRGB, as glTF specifies
       map.needsUpdate = true;
     }
     object.material = new THREE.MeshBasicMaterial({
