@@ -20,16 +20,22 @@ _started: dict[Hashable, tuple[Any, Future]] = {}
 _lock = threading.Lock()
 
 
+def in_thread(fn: Callable[[], Any], name: str) -> Future:
+    """fn() running on a new thread named `name`, which ends with it."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    future = pool.submit(fn)
+    pool.shutdown(wait=False)  # the thread ends after this one task
+    return future
+
+
 def start(keys: Iterable[Hashable], inputs: Any, fn: Callable[[], Any], name: str) -> None:
     """Run fn() once, on a new thread (named `name`), for the stages that will `take(key, inputs)` under each of
     `keys` (several stages that need the same result share one computation); replaces what an earlier `start`
     or `put` left under those keys."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-    future = pool.submit(fn)
+    future = in_thread(fn, name)
     with _lock:
         for key in keys:
             _started[key] = (inputs, future)
-    pool.shutdown(wait=False)  # the thread ends after this one task
 
 
 def put(key: Hashable, inputs: Any, value: Any) -> None:

@@ -51,7 +51,7 @@ import logging
 import math
 import time
 import zipfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -501,9 +501,7 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
         save()
         return out
     round_as_saved(grid)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fuse-save")
-    ahead.put(("fuse.live_grid", out), None, LiveGrid(grid, stamp, pool.submit(save)))
-    pool.shutdown(wait=False)
+    ahead.put(("fuse.live_grid", out), None, LiveGrid(grid, stamp, ahead.in_thread(save, name="fuse-save")))
     return out
 
 
