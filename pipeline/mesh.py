@@ -84,19 +84,24 @@ def canonical_order(mesh: MeshArrays) -> MeshArrays:
     key_xy = (_sortable_bits(xyz[:, 0]) << np.uint64(32)) | _sortable_bits(xyz[:, 1])
     key_zc = ((_sortable_bits(xyz[:, 2]) << np.uint64(24)) | (rgb[:, 0] << np.uint64(16)) | (rgb[:, 1] << np.uint64(8))
               | rgb[:, 2])
-    order = np.lexsort((key_zc, key_xy))
-    key_xy, key_zc = key_xy[order], key_zc[order]
+    order = np.argsort(key_xy)  # by (x, y); then the runs of equal (x, y) by (z, r, g, b)
+    key_xy = key_xy[order]
+    tied = np.zeros(len(order), bool)
+    tied[1:] = key_xy[1:] == key_xy[:-1]
+    tied[:-1] |= tied[1:]
+    tied = np.flatnonzero(tied)
+    order[tied] = order[tied][np.lexsort((key_zc[order[tied]], key_xy[tied]))]
+    key_zc = key_zc[order]
     first_of_kind = np.ones(len(order), bool)  # False where a vertex repeats the one before it
     first_of_kind[1:] = (key_xy[1:] != key_xy[:-1]) | (key_zc[1:] != key_zc[:-1])
-    remap = np.empty(len(order), np.int64)
+    remap = np.empty(len(order), np.int32 if len(order) < 1 << 31 else np.int64)
     remap[order] = np.cumsum(first_of_kind) - 1
-    a, b, c = remap[mesh.triangles].T
-    lead = np.minimum(np.minimum(a, b), c)  # rotate (a, b, c) so that the smallest index leads
-    a_leads, b_leads = a == lead, (b == lead) & (a != lead)
-    tri = np.stack([lead, np.where(a_leads, b, np.where(b_leads, c, a)), np.where(a_leads, c, np.where(b_leads, a, b))], 1)
-    tri = tri[(tri[:, 0] != tri[:, 1]) & (tri[:, 1] != tri[:, 2]) & (tri[:, 0] != tri[:, 2])]
-    if len(order) < 1 << 21:  # three indices fit in one int64 key
-        tri = tri[np.argsort((tri[:, 0] << 42) | (tri[:, 1] << 21) | tri[:, 2])]
+    tri = remap[mesh.triangles]
+    tri = np.take_along_axis(tri, (np.argmin(tri, axis=1)[:, None] + np.arange(3)) % 3, 1)  # smallest leads
+    tri = tri[(tri[:, 0] != tri[:, 1]) & (tri[:, 1] != tri[:, 2]) & (tri[:, 0] != tri[:, 2])].astype(np.int64)
+    if len(order) < 1 << 21:  # three indices fit in one int64 key: sort the keys, unpack them
+        key = np.sort((tri[:, 0] << 42) | (tri[:, 1] << 21) | tri[:, 2])
+        tri = np.stack([key >> 42, (key >> 21) & ((1 << 21) - 1), key & ((1 << 21) - 1)], 1)
     else:
         tri = tri[np.lexsort(tri.T[::-1])]
     keep = order[first_of_kind]
@@ -137,10 +142,13 @@ def remove_small_components(mesh: MeshArrays, min_triangles: int) -> tuple[MeshA
         return mesh, 0
     t = mesh.triangles
     n = len(mesh.vertices)
-    # edges v0 -> v1 and v1 -> v2 of each triangle connect all three; weak components of this directed graph
-    # are the pieces (no symmetrised copy of the graph is built)
-    graph = csr_matrix((np.ones(2 * len(t), np.int8), (np.concatenate([t[:, 0], t[:, 1]]),
-                                                       np.concatenate([t[:, 1], t[:, 2]]))), shape=(n, n))
+    # edges v0 -> v1 and v0 -> v2 of each triangle connect all three; weak components of this directed graph
+    # are the pieces. Its rows are built directly (row v0 holds the v1, v2 of the triangles led by v0), so
+    # nothing is sorted; nor is a symmetrised copy built
+    order = np.argsort(t[:, 0], kind="stable")  # canonical meshes are sorted already: a linear pass
+    row_starts = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(t[:, 0], minlength=n) * 2, out=row_starts[1:])
+    graph = csr_matrix((np.ones(2 * len(t), np.int8), t[order, 1:].ravel(), row_starts), shape=(n, n))
     _, vertex_label = connected_components(graph, directed=True, connection="weak")
     tri_label = vertex_label[t[:, 0]]
     tri_count = np.bincount(tri_label)
