@@ -55,8 +55,10 @@ def linear_to_srgb8(linear: np.ndarray) -> np.ndarray:
 
 def depth_m_to_mm(depth_m: np.ndarray) -> np.ndarray:
     """float metres (0/NaN/inf/negative = invalid) -> uint16 millimetres (0 = invalid, beyond 65.535 m too)."""
-    mm = np.rint(np.asarray(depth_m, np.float64) * MM_PER_M)
-    return np.where((mm >= 0) & (mm <= MAX_DEPTH_MM), mm, 0).astype(np.uint16)  # NaN and inf fail both tests
+    mm = np.multiply(depth_m, MM_PER_M, dtype=np.float64)  # one float64 array, rounded and masked in place
+    np.rint(mm, out=mm)
+    mm[~((mm >= 0) & (mm <= MAX_DEPTH_MM))] = 0  # NaN and inf fail both tests
+    return mm.astype(np.uint16)
 
 
 def depth_mm_to_m(depth_mm: np.ndarray, dtype: type = np.float32) -> np.ndarray:

@@ -83,7 +83,9 @@ def resize_lidar(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     num = cv2.resize(np.where(valid, depth_m, 0).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
     share = cv2.resize(valid.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
     ok = share >= LIDAR_MIN_VALID_SHARE
-    return np.where(ok, num / np.where(ok, share, 1.0), 0.0).astype(np.float32)
+    np.divide(num, share, out=num, where=ok)  # in place: no full-size temporaries
+    num[~ok] = 0.0
+    return num
 
 
 @dataclass(frozen=True)
