@@ -146,8 +146,8 @@ class Novelty:
     """Smallest orientation difference to a recent keyframe, degrees."""
     pose_novel: bool
     """Moved or turned against every recent keyframe."""
-    overlap: float
-    """Share of the view's footprint the recent keyframes saw."""
+    overlap: Optional[float]
+    """Share of the view's footprint the recent keyframes saw; None when the view is pose-novel (not needed)."""
 
 
 def novelty(view: View, keyframes: list[View], s: KeyframeSettings, fallback_depth_m: float) -> Novelty:
@@ -157,7 +157,8 @@ def novelty(view: View, keyframes: list[View], s: KeyframeSettings, fallback_dep
     trans = [float(np.linalg.norm(c - kf.camera_to_world[:3, 3])) / scale for kf in keyframes]
     rot = [float(rotation_angle_deg(kf.camera_to_world[:3, :3].T @ view.camera_to_world[:3, :3])) for kf in keyframes]
     pose_novel = all(t >= s.translation_ratio or r >= s.rotation_deg for t, r in zip(trans, rot))
-    overlap = seen_fraction(view.footprint_world, keyframes, s.depth_tolerance_ratio) if s.min_overlap > 0 else 1.0
+    overlap = (None if pose_novel else
+               seen_fraction(view.footprint_world, keyframes, s.depth_tolerance_ratio) if s.min_overlap > 0 else 1.0)
     return Novelty(min(trans, default=math.inf), min(rot, default=180.0), pose_novel, overlap)
 
 
