@@ -6,11 +6,12 @@
 - The "pipeline" logger is restored after every test: an in-process CLI call (click's CliRunner) configures
   it (own handler, no propagation), which would hide later tests' log records from caplog.
 - The Hugging Face cache is an empty folder of this test session (set before anything imports huggingface_hub,
-  and inherited by the CLI subprocesses), so a machine with PromptDA weights in its own cache gets the same
+  and inherited by the CLI subprocesses; removed when the session ends), so a machine with PromptDA weights in its own cache gets the same
   results as one without: `auto` picks guided, and "no weights" errors are what the tests expect.
 """
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,6 +36,11 @@ if "huggingface_hub" in sys.modules:  # imported before this file (a plugin): po
 
     huggingface_hub.constants.HF_HOME = str(_HF_HOME)
     huggingface_hub.constants.HF_HUB_CACHE = str(_HF_HOME / "hub")
+
+
+def pytest_unconfigure(config):
+    """The session's empty Hugging Face home goes with it (it is made at import, before any plugin)."""
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
