@@ -76,7 +76,8 @@ def make_workdir(root: Path, with_eval: bool = True) -> WorkDir:
                      W / 2, H / 2, looking_down_minus_z(EYE + [0.3 * (k - 1), 0, 0.5 * (k - 1)])) for k in range(3)]
     write_frames_table(wd.frames_parquet, rows)  # the middle frame (k = 1) looks from EYE
     Manifest("ingest", "test", ["frames.parquet"], {}, {"format": "stray", "kept": 3, "listed": 7}).write(wd.capture)
-    Manifest("fuse", "test", [], {"depth_model": "promptda-vits", "cfg": {"voxel_size_m": 0.01}}).write(wd.fuse)
+    Manifest("fuse", "test", [], {"depth_model": "promptda-vits", "cfg": {"voxel_size_m": 0.0}},  # automatic
+             {"voxel_size_m": 0.0095, "voxel_auto_depth_m": 3.25}).write(wd.fuse)
     if with_eval:
         wd.eval_json.write_text(json.dumps(EVAL))
     return wd
@@ -99,7 +100,9 @@ def test_page_is_offline_and_shows_scores_facts_and_a_decimated_mesh(tmp_path):
     index = view.run(ViewConfig(target_triangles=1000), tmp_path)
     page = index.read_text()
     for text in ("0.854", "0.730", "0.901", "0.812", "1.23", "2.34",  # F, precision, recall, Acc / Comp in cm
-                 "stray", "3 of 7", "promptda-vits", "640×480", "1 cm", "mesh.ply, decimated"):
+                 "stray", "3 of 7", "promptda-vits", "640×480", "mesh.ply, decimated",
+                 # the voxel fused with, not the settings' 0 (= automatic)
+                 "<th>TSDF voxel</th><td>9.5 mm (automatic, for a median depth of 3.25 m)</td>"):
         assert text in page, text
     assert "<th>F</th>" in page and "<th>Precision</th>" in page
     assert re.search(r'id="scores-culled">.*0\.854', page) and re.search(r'id="scores-unculled">.*0\.730', page)
@@ -309,7 +312,7 @@ def test_after_a_real_run_the_page_reads_the_stages_outputs(tmp_path):
     fscore = json.loads(result.eval_path.read_text())["culled"]["fscore"]
     assert re.search(rf'id="scores-culled">.*<td>{fscore:.3f}</td></tr>', page)
     for fact in ("<th>format</th><td>stray</td>", "<th>frames kept</th><td>5 of 5</td>", "<td>96×72</td>",
-                 "<th>depth model</th><td>lidar</td>", "<th>TSDF voxel</th><td>4 cm</td>"):
+                 "<th>depth model</th><td>lidar</td>", "<th>TSDF voxel</th><td>40 mm</td>"):
         assert fact in page, fact
     wd = WorkDir(tmp_path / "wd")
     middle = fused_camera_to_world(wd, CaptureTable.load(wd))[2]
