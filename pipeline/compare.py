@@ -17,8 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import ingest
-from .artifacts import WorkdirLock, atomic_output, atomic_write_json, atomic_write_text
+from . import fuse, ingest
+from .artifacts import Manifest, WorkdirLock, atomic_output, atomic_write_json, atomic_write_text
 from .capture import CaptureTable
 from .config import PipelineConfig
 from .errors import PromptmeshError
@@ -50,20 +50,24 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Path,
         atomic_write_json(wd.compare_json, {"models": results, "skipped": skipped,
                                             "figures": [str(p.relative_to(wd.root)) for p in figures]})
         md = wd.compare_md
-        atomic_write_text(md, _markdown(results, skipped, figures, wd, cfg))
+        atomic_write_text(md, _markdown(results, skipped, figures, wd, cfg, _voxel_text(runs)))
     log.info("compare: %d models -> %s", len(results), md)
     return md
 
 
-def _voxel_text(voxel_size_m: float) -> str:
-    return f"{voxel_size_m * 100:g} cm" if voxel_size_m > 0 else "automatic (from the median LiDAR depth)"
+def _voxel_text(runs: dict) -> str:
+    """The voxel the models were fused with (one plan serves them all), as `fuse.voxel_line` says it."""
+    fused = [Manifest.read(r.workdir.fuse).summary for r in runs.values()]
+    voxels = {fuse.voxel_line(s["voxel_size_m"], s.get("voxel_auto_depth_m")) for s in fused if "voxel_size_m" in s}
+    return " / ".join(sorted(voxels)) or "?"
 
 
-def _markdown(results: dict, skipped: dict, figures: list[Path], wd: WorkDir, cfg: PipelineConfig) -> str:
+def _markdown(results: dict, skipped: dict, figures: list[Path], wd: WorkDir, cfg: PipelineConfig,
+              voxel: str) -> str:
     cols = [c for c in TABLE_COLUMNS if any(c[1] in r for r in results.values())]
     table = results_table([((model,), r) for model, r in results.items()], cols, ("model",))
     lines = ["# Depth model comparison", "",
-             f"TSDF voxel {_voxel_text(cfg.fuse.voxel_size_m)}, depth long side {cfg.depth.long_side_px} px; mesh "
+             f"TSDF voxel {voxel}, depth long side {cfg.depth.long_side_px} px; mesh "
              f"metrics at {cfg.eval.threshold_m * 100:g} cm, both meshes downsampled at "
              f"{cfg.eval.downsample_m * 100:g} cm; Acc/Comp/Prec/Recall/F on culled GT (seen by a camera).", "",
              *table]

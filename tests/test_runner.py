@@ -137,7 +137,8 @@ def test_guided_at_least_lidar_and_cli_report(capture, tmp_path):
 
 
 def test_compare_runs_each_model_once_and_skips_missing_weights(capture, tmp_path):
-    from pipeline import compare
+    from pipeline import compare, fuse
+    from pipeline.artifacts import Manifest
 
     cfg = override(_cfg("lidar"), "eval", sample_spacing_m=0.02)
     md = compare.run(cfg, capture["stray"], tmp_path / "cmp", gt_mesh=capture["gt_mesh"],
@@ -153,6 +154,8 @@ def test_compare_runs_each_model_once_and_skips_missing_weights(capture, tmp_pat
     row = next(line for line in text.splitlines() if line.startswith("| lidar |"))
     assert f"{report['models']['lidar']['culled']['fscore']:.3f}" in row and "`promptda-vits`" in text
     assert not lidar.depth("promptda-vits").exists() and lidar.mesh("ply").is_file()
+    fused = Manifest.read(lidar.fuse).summary  # the header names the voxel fused with
+    assert f"TSDF voxel {fuse.voxel_line(fused['voxel_size_m'], fused['voxel_auto_depth_m'])}, " in text
 
 
 def test_overlaps_change_no_output(capture, tmp_path):
