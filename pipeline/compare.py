@@ -57,8 +57,7 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Path,
 
 def _voxel_text(runs: dict) -> str:
     """The voxel the models were fused with (one plan serves them all), as `fuse.voxel_line` says it."""
-    fused = [Manifest.read(r.workdir.fuse).summary for r in runs.values()]
-    voxels = {fuse.voxel_line(s["voxel_size_m"], s.get("voxel_auto_depth_m")) for s in fused if "voxel_size_m" in s}
+    voxels = {fuse.fused_voxel_line(Manifest.read(r.workdir.fuse).summary) for r in runs.values()} - {None}
     return " / ".join(sorted(voxels)) or "?"
 
 

@@ -273,6 +273,13 @@ def voxel_line(voxel_size_m: float, auto_depth_m: Optional[float]) -> str:
                                            f" (automatic, for a median depth of {auto_depth_m:.2f} m)")
 
 
+def fused_voxel_line(summary: dict) -> Optional[str]:
+    """`voxel_line` of the voxel a fuse manifest's summary says was fused with; None when it does not say."""
+    if "voxel_size_m" not in summary:
+        return None
+    return voxel_line(summary["voxel_size_m"], summary.get("voxel_auto_depth_m"))
+
+
 # --------------------------------------------------------------------------- pre-sizing
 def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: int = 64,
                          margin: float = 1.5, camera_to_world: Optional[np.ndarray] = None) -> int:

@@ -41,8 +41,8 @@ class RunResult:
         """What a person wants at the end: where things are, the scores, where the time went."""
         lines = [f"frames:      {ingest.summary_line(self.ingest_summary, self.workdir.capture)}",
                  f"depth model: {self.depth_model}"]
-        if "voxel_size_m" in self.fuse_summary:
-            voxel = fuse.voxel_line(self.fuse_summary["voxel_size_m"], self.fuse_summary.get("voxel_auto_depth_m"))
+        voxel = fuse.fused_voxel_line(self.fuse_summary)
+        if voxel is not None:
             lines.append(f"voxel:       {voxel}")
         lines += [f"mesh:        {p}" for p in self.mesh_paths]
         if self.eval_path is not None:
@@ -96,6 +96,14 @@ OVERLAPS = ("plan_fusion", "live_grid")
 The outputs are the same with any of them off (tests/test_runner.py)."""
 
 
+def _plan_ahead(workdirs: list[WorkDir], cfg: PipelineConfig, force: bool, overlaps: tuple[str, ...]) -> None:
+    """With the plan_fusion overlap, start fusion's plan (`fuse.plan_meanwhile`) for those of `workdirs` (one
+    ingested capture) whose fusion is likely to run: forced, or no mesh there yet."""
+    likely = [wd for wd in workdirs if force or Manifest.read(wd.mesh_stage) is None]
+    if "plan_fusion" in overlaps and likely:
+        fuse.plan_meanwhile(likely, cfg.fuse)
+
+
 def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Path] = None, force: bool = False,
               timings: Optional[dict[str, float]] = None, through_fusion: bool = True,
               overlaps: tuple[str, ...] = OVERLAPS) -> ModelRun:
@@ -135,9 +143,8 @@ def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Opt
     if not to_run:
         raise PromptmeshError(f"{wd.root}: no depth model could run ({skipped}); add lidar or guided to "
                               "--depth-models")
-    to_fuse = [wd.compare_model(m) for m in to_run if force or Manifest.read(wd.compare_model(m).mesh_stage) is None]
-    if through_fusion and "plan_fusion" in overlaps and to_fuse:
-        fuse.plan_meanwhile(to_fuse, cfg.fuse)
+    if through_fusion:
+        _plan_ahead([wd.compare_model(m) for m in to_run], cfg, force, overlaps)
     runs = {}
     for model in to_run:
         log.info("depth model %s", model)
@@ -162,8 +169,7 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
         ingest_summary = Manifest.read(workdir.capture).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
-        if "plan_fusion" in overlaps and (force or Manifest.read(workdir.mesh_stage) is None):  # fusion is likely
-            fuse.plan_meanwhile([workdir], cfg.fuse)                                          # to run
+        _plan_ahead([workdir], cfg, force, overlaps)
         done = run_model(cfg, workdir, model, gt_mesh, force, timings, overlaps=overlaps)
         refine_s = (Manifest.read(workdir.fuse).summary.get("seconds_refine")
                     if done.fuse_ran and cfg.fuse.refine_poses else None)

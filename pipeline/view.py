@@ -37,7 +37,7 @@ from .config import ViewConfig
 from .errors import PromptmeshError
 from .export.gltf import write_glb
 from .export.simplify import decimate_in_passes, surface_distance_m
-from .fuse import voxel_line
+from .fuse import fused_voxel_line, voxel_line
 from .mesh import read_ply
 from .poses import fused_camera_to_world
 from .workdir import WorkDir
@@ -191,9 +191,11 @@ def _capture_facts(wd: WorkDir) -> list[tuple[str, str]]:
     fuse = Manifest.read(wd.fuse)
     if fuse is not None:
         facts.append(("depth model", str(fuse.settings.get("depth_model", "?"))))
-        voxel_m = fuse.summary.get("voxel_size_m", fuse.settings.get("cfg", {}).get("voxel_size_m"))
-        if voxel_m:  # the voxel fused with (the settings' 0 means automatic; older manifests have only those)
-            facts.append(("TSDF voxel", voxel_line(voxel_m, fuse.summary.get("voxel_auto_depth_m"))))
+        # the voxel fused with; older manifests have only the settings' (0 there means automatic)
+        given_m = fuse.settings.get("cfg", {}).get("voxel_size_m")
+        voxel = fused_voxel_line(fuse.summary) or (voxel_line(given_m, None) if given_m else None)
+        if voxel is not None:
+            facts.append(("TSDF voxel", voxel))
     return facts
 
 
