@@ -5,3 +5,7 @@ ingest -> depth -> fuse -> mesh -> evaluate. See README.md and docs/ (docs/contr
 the work directory, frames.parquet, eval.json).
 """
 __version__ = "0.1.0"
+
+from .open3d_import import defer_plotly as _defer_plotly
+
+_defer_plotly()

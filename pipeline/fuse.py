@@ -20,14 +20,15 @@ Conventions:
   Its intrinsics get the principal point shifted by half a pixel (`open3d_intrinsics`).
 - Truncation = sdf_trunc_voxels * voxel_size_m.
 
-Before integrating, fusion settles its plan (`plan_fusion`: the voxel size, the refined poses, the grid's
-pre-size at those poses); it needs only the capture, so `promptmesh run` computes it on a thread while the
-depth stage runs (`plan_meanwhile`). After integrating, `run` can hand the grid to the mesh stage in memory
-and save the volume on a thread meanwhile (hand_to_mesh, `LiveGrid`). docs/benchmarks.md ("Overlap") measures
-both; the outputs are the same either way.
+Before integrating, fusion chooses the voxel size, pre-sizes the grid and refines the poses. Refinement, the
+slow part, needs only the capture, so `promptmesh run` computes it on a thread while the depth stage runs
+(`refine_meanwhile`), and the stage sizes its grid while it waits for the result. After integrating, `run` can
+hand the grid to the mesh stage in memory and save the volume on a thread meanwhile (hand_to_mesh,
+`LiveGrid`). docs/benchmarks.md ("Overlap") measures both; the outputs are the same either way.
 
 Speed: frames are read and decoded (PNG/JPEG, resize, masking) by two background threads feeding a bounded,
-ordered queue, so that integration is the only limit; the voxel hash map is pre-sized
+ordered queue, so that integration is the only limit (depth maps the depth stage kept in memory for this stage,
+`depth.take_maps`, are not read again); the voxel hash map is pre-sized
 (`estimate_block_count`) so that it never rehashes mid-run. Memory: at most PREFETCH_FRAMES decoded frames
 wait; the block estimate keeps only distinct block keys; the volume is saved in slices.
 
@@ -65,6 +66,7 @@ from . import ahead
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
 from .capture import CaptureTable
 from .config import FuseConfig
+from .depth import take_maps
 from .errors import PromptmeshError
 from .geometry import scale_intrinsics, transform_points
 from .images import MM_PER_M, REDO, read_depth_mm, read_image
@@ -189,9 +191,12 @@ def read_confidence(table: CaptureTable, i: int, size_wh: tuple[int, int]) -> Op
     return cv2.resize(confidence, size_wh, interpolation=cv2.INTER_NEAREST)
 
 
-def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig) -> PreparedFrame:
-    """Read frame i's depth (depth_dir/<stem>.png), colour and confidence, masked and at the depth size."""
-    depth_mm = read_depth_mm(depth_dir / f"{table.stem(i)}.png", "rerun `promptmesh depth WORKDIR --force`")
+def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig,
+                  depth_mm: Optional[np.ndarray] = None) -> PreparedFrame:
+    """Read frame i's depth (depth_dir/<stem>.png, unless given as `depth_mm`: its contents, uint16 mm), colour
+    and confidence, masked and at the depth size."""
+    if depth_mm is None:
+        depth_mm = read_depth_mm(depth_dir / f"{table.stem(i)}.png", "rerun `promptmesh depth WORKDIR --force`")
     h, w = depth_mm.shape
     rgb_wh = (int(table.width[i]), int(table.height[i]))
     confidence = read_confidence(table, i, (w, h)) if cfg.min_confidence > 0 else None
@@ -282,7 +287,7 @@ def fused_voxel_line(summary: dict) -> Optional[str]:
 
 # --------------------------------------------------------------------------- pre-sizing
 def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: int = 64,
-                         margin: float = 1.5, camera_to_world: Optional[np.ndarray] = None) -> int:
+                         margin: float = 1.5) -> int:
     """Number of voxel blocks the fusion will touch, estimated from the capture's LiDAR maps (cheap).
 
     Blocks are allocated only near observed surfaces (within the truncation distance along each ray),
@@ -290,10 +295,12 @@ def estimate_block_count(table: CaptureTable, cfg: FuseConfig, samples_per_row: 
     `samples_per_row` pixels per row of each LiDAR map, at depth - trunc, depth and depth + trunc along
     each ray, counts the distinct blocks these points fall in over all frames and adds `margin` (denser
     depth maps, surface between the sampled pixels). Frames whose LiDAR map is unreadable are left out.
-    Memory is bounded by the number of distinct blocks, not the number of frames. `camera_to_world`: (N,4,4)
-    poses to use (default the capture's).
+    Memory is bounded by the number of distinct blocks, not the number of frames. At the capture's poses:
+    fusion pre-sizes while pose refinement may still run. Refinement's corrections (a few cm at most) align
+    repeated views of a surface, so they make fewer distinct blocks, not more (the benchmark room: 57928 at
+    the capture's poses, 57766 at the refined ones).
     """
-    camera_to_world = table.camera_to_world if camera_to_world is None else camera_to_world
+    camera_to_world = table.camera_to_world
     block_m = cfg.voxel_size_m * cfg.block_resolution
     trunc_m = cfg.sdf_trunc_voxels * cfg.voxel_size_m
     keys: list[np.ndarray] = []
@@ -330,55 +337,37 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
     return (b[:, 0] << 42) | (b[:, 1] << 21) | b[:, 2]
 
 
-# --------------------------------------------------------------------------- the plan
-@dataclass
-class FusionPlan:
-    """What fusion settles before integrating (`plan_fusion`): the voxel, the poses, the grid's size."""
-
-    voxel_size_m: float
-    sdf_trunc_voxels: float
-    auto_depth_m: Optional[float]
-    """The scene depth the automatic voxel size was chosen from, metres; None when the voxel size was given."""
-    refined: Optional[RefinedPoses]
-    """Pose refinement's result; None with refine_poses off."""
-    camera_to_world: np.ndarray
-    """(N,4,4) the poses the frames are fused with (refined, or the capture's)."""
-    block_count: int
-    """Voxel blocks to pre-size the grid for (`estimate_block_count` at these poses)."""
-    seconds_refine: float
-    seconds_presize: float
-
-
-def plan_fusion(cfg: FuseConfig, table: CaptureTable) -> FusionPlan:
-    """Voxel size, refined poses and pre-size of the fusion of `table` with `cfg`; needs only the capture (LiDAR
-    and poses), not the depth maps, so the runner computes it while the depth stage runs (`plan_meanwhile`)."""
-    t0 = time.perf_counter()
-    cfg, auto_depth_m = resolve_voxel_size(cfg, table)
-    refined = refine_poses(table, cfg) if cfg.refine_poses else None
-    camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
-    t_presize = time.perf_counter()
-    block_count = estimate_block_count(table, cfg, camera_to_world=camera_to_world)
-    return FusionPlan(cfg.voxel_size_m, cfg.sdf_trunc_voxels, auto_depth_m, refined, camera_to_world, block_count,
-                      t_presize - t0, time.perf_counter() - t_presize)
-
-
-def _plan_inputs(cfg: FuseConfig) -> FuseConfig:
-    """The settings a FusionPlan depends on (not the confidence mask, which the depth model's handoff may
-    change after the plan was started, nor the device)."""
+# --------------------------------------------------------------------------- poses
+def _refine_inputs(cfg: FuseConfig) -> FuseConfig:
+    """The settings pose refinement is started with ahead (`refine_meanwhile`) and taken under: the config as
+    given (voxel possibly automatic), less the confidence mask, which the depth model's handoff may change after
+    refinement was started (refinement uses its own), and the device."""
     return dataclasses.replace(cfg, min_confidence=0, device="auto")
 
 
-def plan_meanwhile(workdirs: list[WorkDirLike], cfg: FuseConfig) -> None:
-    """Start importing Open3D and `plan_fusion` (pose refinement included) on a thread now, once, for the next
-    `run` on each of these work directories to take (`pipeline.ahead`). They must share one ingested capture
-    (compare: one per depth model). The runner calls it after ingest, while depth runs."""
+def refine_meanwhile(workdirs: list[WorkDirLike], cfg: FuseConfig) -> None:
+    """Start importing Open3D and refining the poses (`refine_poses`) on a thread now, once, for the next `run`
+    on each of these work directories to take (`pipeline.ahead`); nothing with refine_poses off. They must
+    share one ingested capture (compare: one per depth model). Refinement needs only the capture (its LiDAR
+    maps and poses), so the runner calls this after ingest, while depth runs."""
+    if not cfg.refine_poses:
+        return
     wds = [WorkDir(w) for w in workdirs]
 
-    def plan() -> FusionPlan:
+    def refine() -> RefinedPoses:
         importlib.import_module("open3d")
-        return plan_fusion(cfg, CaptureTable.load(wds[0]))
+        return refine_poses(CaptureTable.load(wds[0]), cfg)
 
-    ahead.start([("fuse.plan", wd.fuse) for wd in wds], _plan_inputs(cfg), plan, name="plan-fusion")
+    ahead.start([("fuse.refined", wd.fuse) for wd in wds], _refine_inputs(cfg), refine, name="refine-poses")
+
+
+def _refined_poses(cfg: FuseConfig, table: CaptureTable, out: Path) -> tuple[Optional[RefinedPoses], bool]:
+    """(Pose refinement's result, or None with refine_poses off; whether it was computed ahead, by
+    `refine_meanwhile`). `cfg` as the stage was given it (`_refine_inputs`)."""
+    if not cfg.refine_poses:
+        return None, False
+    refined = ahead.take(("fuse.refined", out), _refine_inputs(cfg))
+    return (refined, True) if refined is not None else (refine_poses(table, cfg), False)
 
 
 @dataclass
@@ -413,8 +402,8 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
 
     The fingerprint covers the config (except `device`, which does not change the result) and the depth
     stage's manifest fingerprint, which in turn covers the capture. The depth manifest's handoff says whether
-    to drop low-confidence pixels; this stage's handoff names the depth model for eval. A plan started by
-    `plan_meanwhile` with the same settings is used instead of planning here.
+    to drop low-confidence pixels; this stage's handoff names the depth model for eval. Poses refined ahead
+    by `refine_meanwhile` with the same settings are used instead of refining here.
 
     hand_to_mesh (CPU fusion only): return as soon as the frames are integrated, leaving the grid for the mesh
     stage (`take_live_grid`) and saving the volume, the poses and then the manifest on a thread; the caller
@@ -424,6 +413,7 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     out = wd.fuse
     depth_dir = wd.depth(depth_model)
     upstream = upstream_fingerprint(depth_dir, "depth")
+    handed_maps = take_maps(depth_dir, upstream)  # the depth stage's maps, if it kept them in memory for us
     depth_manifest = Manifest.read(depth_dir)
     if not depth_manifest.handoff.get("fuse_confidence_mask", True) and cfg.min_confidence > 0:
         log.info("fuse: depth/%s declares its maps repaired (fuse_confidence_mask false): min_confidence %d -> 0",
@@ -433,7 +423,7 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                 "depth_model": depth_model, "volume_format": VOLUME_FORMAT}
     stamp = fingerprint(STAGE, settings, [upstream])
     if not force and is_current(out, stamp, HANDOFF):
-        ahead.discard(("fuse.plan", out))
+        ahead.discard(("fuse.refined", out))
         log.info("fuse: up to date (%s)", out)
         return out
 
@@ -441,22 +431,28 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     device = select_device(cfg.device)
     t0 = time.perf_counter()
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
-    plan = ahead.take(("fuse.plan", out), _plan_inputs(cfg))
-    planned_ahead = plan is not None
-    plan = plan or plan_fusion(cfg, table)
-    cfg = dataclasses.replace(cfg, voxel_size_m=plan.voxel_size_m, sdf_trunc_voxels=plan.sdf_trunc_voxels)
+    given_cfg = cfg
+    cfg, auto_depth_m = resolve_voxel_size(cfg, table)
+    block_count = estimate_block_count(table, cfg)  # while refinement may still run (at the capture's poses)
+    grid = new_grid(cfg, block_count, device)
+    t_refine = time.perf_counter()
+    refined, refined_ahead = _refined_poses(given_cfg, table, out)
+    camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
     log.info("fuse: %d frames of depth/%s on %s; voxel %s, trunc %.2f cm, depth %.2f-%.1f m, min confidence "
              "%d, %d blocks pre-sized%s", len(table), depth_model, device,
-             voxel_line(cfg.voxel_size_m, plan.auto_depth_m), cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100,
-             cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence, plan.block_count,
-             " (planned while depth ran)" if planned_ahead else "")
-    grid = new_grid(cfg, plan.block_count, device)
-    world_to_camera = np.linalg.inv(plan.camera_to_world)
+             voxel_line(cfg.voxel_size_m, auto_depth_m), cfg.sdf_trunc_voxels * cfg.voxel_size_m * 100,
+             cfg.depth_min_m, cfg.depth_max_m, cfg.min_confidence, block_count,
+             "; poses refined while depth ran" if refined_ahead else "")
+    world_to_camera = np.linalg.inv(camera_to_world)
     n_valid_px = 0
     empty = []
+    n_handed = len(handed_maps)
+
+    def prepare(i: int) -> PreparedFrame:
+        return prepare_frame(table, i, depth_dir, cfg, handed_maps.pop(table.stem(i), None))
+
     t_integrate = time.perf_counter()
-    with closing(prefetch(lambda i: prepare_frame(table, i, depth_dir, cfg), range(len(table)), PREFETCH_FRAMES,
-                                PREFETCH_WORKERS, name="fuse-read")) as frames:
+    with closing(prefetch(prepare, range(len(table)), PREFETCH_FRAMES, PREFETCH_WORKERS, name="fuse-read")) as frames:
         for f in tqdm(frames, total=len(table), desc="fuse", unit="frame", disable=None, leave=False):
             if not integrate_frame(grid, f, world_to_camera[f.index], cfg, device):
                 empty.append(table.stem(f.index))
@@ -481,28 +477,27 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
         """The volume, the poses, then the manifest (last: it vouches for the other two)."""
         t_saving = time.perf_counter()
         save_volume(grid, cfg, wd.tsdf)
-        refined = plan.refined
         if refined is None:
-            write_poses(wd.poses_parquet, table.frame_index, plan.camera_to_world)
+            write_poses(wd.poses_parquet, table.frame_index, camera_to_world)
         else:
-            write_poses(wd.poses_parquet, table.frame_index, plan.camera_to_world, refined.correction_m,
+            write_poses(wd.poses_parquet, table.frame_index, camera_to_world, refined.correction_m,
                         refined.correction_deg, refined.accepted)
         t_end = time.perf_counter()
         Manifest(STAGE, stamp, outputs=[wd.tsdf.name, wd.poses_parquet.name], settings=settings,
                  summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
-                          "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": plan.auto_depth_m,
+                          "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": auto_depth_m,
                           "sdf_trunc_m": cfg.sdf_trunc_voxels * cfg.voxel_size_m,
-                          "blocks_presized": plan.block_count,
+                          "blocks_presized": block_count,
                           "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(t_end - t0, 3),
                           "refine": refined.summary if refined is not None else None,
-                          "planned_ahead": planned_ahead,
-                          "seconds_refine": round(plan.seconds_refine, 3),
-                          "seconds_presize": round(plan.seconds_presize, 3),
+                          "refined_ahead": refined_ahead, "depth_maps_from_memory": n_handed,
+                          "seconds_refine": refined.summary["seconds"] if refined is not None else 0.0,
+                          "seconds_presize": round(t_refine - t0, 3),
                           "seconds_integrate": round(t_save - t_integrate, 3),
                           "seconds_save": round(t_end - t_saving, 3), "saved_while_meshing": hand_over},
                  handoff={"depth_model": depth_model}).write(out)
         log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
-                 t_end - t0, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, plan.block_count, wd.tsdf)
+                 t_end - t0, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, wd.tsdf)
 
     if not hand_over:
         save()

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 
 from .artifacts import Manifest, atomic_output, fingerprint, invalidate, is_current, upstream_fingerprint
 from .config import MeshConfig
@@ -96,16 +94,24 @@ def canonical_order(mesh: MeshArrays) -> MeshArrays:
     first_of_kind[1:] = (key_xy[1:] != key_xy[:-1]) | (key_zc[1:] != key_zc[:-1])
     remap = np.empty(len(order), np.int32 if len(order) < 1 << 31 else np.int64)
     remap[order] = np.cumsum(first_of_kind) - 1
-    tri = remap[mesh.triangles]
-    tri = np.take_along_axis(tri, (np.argmin(tri, axis=1)[:, None] + np.arange(3)) % 3, 1)  # smallest leads
-    tri = tri[(tri[:, 0] != tri[:, 1]) & (tri[:, 1] != tri[:, 2]) & (tri[:, 0] != tri[:, 2])].astype(np.int64)
-    if len(order) < 1 << 21:  # three indices fit in one int64 key: sort the keys, unpack them
+    a, b, c = (remap[mesh.triangles[:, k]] for k in range(3))
+    proper = (a != b) & (b != c) & (a != c)  # the others lost an edge to the merge
+    a, b, c = a[proper], b[proper], c[proper]
+    a_leads = (a < b) & (a < c)  # the smallest index leads (indices are distinct now)
+    b_leads = ~a_leads & (b < c)
+    tri = np.empty((len(a), 3), np.int64)
+    tri[:, 0] = np.where(a_leads, a, np.where(b_leads, b, c))
+    tri[:, 1] = np.where(a_leads, b, np.where(b_leads, c, a))
+    tri[:, 2] = np.where(a_leads, c, np.where(b_leads, a, b))
+    if len(order) < 1 << 21:  # three indices fit in one int64 key: sort the keys, unpack them in place
         key = np.sort((tri[:, 0] << 42) | (tri[:, 1] << 21) | tri[:, 2])
-        tri = np.stack([key >> 42, (key >> 21) & ((1 << 21) - 1), key & ((1 << 21) - 1)], 1)
+        np.right_shift(key, 42, out=tri[:, 0])
+        np.bitwise_and(np.right_shift(key, 21), (1 << 21) - 1, out=tri[:, 1])
+        np.bitwise_and(key, (1 << 21) - 1, out=tri[:, 2])
     else:
         tri = tri[np.lexsort(tri.T[::-1])]
     keep = order[first_of_kind]
-    return MeshArrays(mesh.vertices[keep], tri, mesh.colors[keep])
+    return MeshArrays(np.take(mesh.vertices, keep, axis=0), tri, np.take(mesh.colors, keep, axis=0))
 
 
 def _sortable_bits(x: np.ndarray) -> np.ndarray:
@@ -138,6 +144,9 @@ def remove_small_components(mesh: MeshArrays, min_triangles: int) -> tuple[MeshA
 
     Returns (cleaned mesh, number of pieces removed). min_triangles <= 0 keeps everything.
     """
+    from scipy.sparse import csr_matrix  # here, not at import (pipeline/runner.py)
+    from scipy.sparse.csgraph import connected_components
+
     if min_triangles <= 0 or len(mesh.triangles) == 0:
         return mesh, 0
     t = mesh.triangles

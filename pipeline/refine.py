@@ -42,16 +42,18 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.spatial import cKDTree
-from scipy.spatial.transform import Rotation, Slerp
 
 from .capture import CaptureTable
 from .config import FuseConfig
 from .errors import PromptmeshError
 from .geometry import rotation_angle_deg, scale_intrinsics
 from .images import MM_PER_M, REDO, read_depth_mm
+
+if TYPE_CHECKING:
+    from scipy.spatial import cKDTree
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,8 @@ def pose_difference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _twist_to_matrix(xi: np.ndarray) -> np.ndarray:
     """(...,6) [w radians, v metres] -> (...,4,4) [R(w) | v]."""
+    from scipy.spatial.transform import Rotation  # scipy is imported where used (pipeline/runner.py)
+
     xi = np.asarray(xi, np.float64)
     T = np.zeros(xi.shape[:-1] + (4, 4))
     T[..., :3, :3] = Rotation.from_rotvec(xi.reshape(-1, 6)[:, :3]).as_matrix().reshape(xi.shape[:-1] + (3, 3))
@@ -168,6 +172,8 @@ def _twist_to_matrix(xi: np.ndarray) -> np.ndarray:
 
 def _matrix_to_twist(T: np.ndarray) -> np.ndarray:
     """(...,4,4) -> (...,6) [rotation vector, translation] (inverse of `_twist_to_matrix`)."""
+    from scipy.spatial.transform import Rotation
+
     w = Rotation.from_matrix(T[..., :3, :3].reshape(-1, 3, 3)).as_rotvec().reshape(T.shape[:-2] + (3,))
     return np.concatenate([w, T[..., :3, 3]], -1)
 
@@ -426,6 +432,8 @@ def interpolate_corrections(n_frames: int, nodes: np.ndarray, node_correction: n
     """(n_frames,4,4) world-frame corrections: a node's own at its frame, in between interpolated by frame
     index (translation linearly, rotation by slerp); before the first node the first's, after the last the
     last's. `nodes`: increasing frame indices; `node_correction`: (len(nodes),4,4)."""
+    from scipy.spatial.transform import Rotation, Slerp
+
     out = np.tile(np.eye(4), (n_frames, 1, 1))
     if len(nodes) == 1:
         out[:] = node_correction[0]
@@ -440,6 +448,8 @@ def interpolate_corrections(n_frames: int, nodes: np.ndarray, node_correction: n
 # --------------------------------------------------------------------------- entry point
 def refine_poses(table: CaptureTable, cfg: FuseConfig) -> RefinedPoses:
     """Refined camera_to_world for every frame of `table` (see the module docstring)."""
+    from scipy.spatial import cKDTree
+
     t0, cpu0 = time.perf_counter(), time.process_time()
     predicted = table.camera_to_world
     n_frames = len(table)

@@ -6,6 +6,7 @@ stage's manifest fingerprint includes its upstream's). Timings go to WORKDIR/tim
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import depth, evaluate, fuse, ingest, mesh
+from . import ahead, depth, evaluate, fuse, ingest, mesh
 from .artifacts import Manifest, WorkdirLock, atomic_write_json
 from .config import PipelineConfig
 from .errors import PromptmeshError
@@ -63,7 +64,7 @@ class RunResult:
             lines.append(f"  {stage:7s} {sec:8.2f} s")
             if stage == "fuse" and self.refine_s is not None:
                 lines.append(f"    pose refinement {self.refine_s:.2f} s" + (
-                    ", while depth ran" if self.fuse_summary.get("planned_ahead") else ", of these"))
+                    ", while depth ran" if self.fuse_summary.get("refined_ahead") else ", of these"))
         return "\n".join(lines)
 
 
@@ -87,21 +88,36 @@ class ModelRun:
     """The fuse stage did work (was not up to date)."""
 
 
-OVERLAPS = ("plan_fusion", "live_grid")
+OVERLAPS = ("refine_poses", "live_depth", "live_grid")
 """Work `run` overlaps with other stages (docs/benchmarks.md, "Overlap", measures each):
-- plan_fusion: fusion's plan (voxel size, pose refinement from the LiDAR, grid pre-size) on a thread while the
-  depth stage runs (`fuse.plan_meanwhile`);
+- refine_poses: fusion's pose refinement (from the LiDAR) on a thread while the depth stage runs
+  (`fuse.refine_meanwhile`; fusion sizes its grid while it waits for the result);
+- live_depth: the depth maps also kept in memory for fusion, which then does not decode their PNGs
+  (`depth.run` hand_to_fuse);
 - live_grid: the fused grid handed to the mesh stage in memory while the volume is saved on a thread
   (`fuse.run` hand_to_mesh).
 The outputs are the same with any of them off (tests/test_runner.py)."""
 
 
-def _plan_ahead(workdirs: list[WorkDir], cfg: PipelineConfig, force: bool, overlaps: tuple[str, ...]) -> None:
-    """With the plan_fusion overlap, start fusion's plan (`fuse.plan_meanwhile`) for those of `workdirs` (one
-    ingested capture) whose fusion is likely to run: forced, or no mesh there yet."""
+HEAVY_IMPORTS = ("open3d", "scipy.spatial", "scipy.sparse.csgraph")
+"""What fusion and meshing import that takes a core ~1.5 s (Open3D ~0.9 s with its plotting deferred,
+`pipeline/open3d_import.py`; scipy's spatial and sparse parts ~0.6 s): `run` imports them on a thread while
+ingest runs (`_import_ahead`), so that neither pose refinement nor the main thread waits for them. Elsewhere they
+are imported where used, so that commands that do not fuse start quickly."""
+
+
+def _import_ahead(workdir: WorkDir, force: bool) -> None:
+    """Start importing HEAVY_IMPORTS on a thread, when fusion is likely to run (forced, or no mesh yet)."""
+    if force or Manifest.read(workdir.mesh_stage) is None:
+        ahead.in_thread(lambda: [importlib.import_module(m) for m in HEAVY_IMPORTS], name="import-ahead")
+
+
+def _refine_ahead(workdirs: list[WorkDir], cfg: PipelineConfig, force: bool, overlaps: tuple[str, ...]) -> None:
+    """With the refine_poses overlap, start fusion's pose refinement (`fuse.refine_meanwhile`) for those of
+    `workdirs` (one ingested capture) whose fusion is likely to run: forced, or no mesh there yet."""
     likely = [wd for wd in workdirs if force or Manifest.read(wd.mesh_stage) is None]
-    if "plan_fusion" in overlaps and likely:
-        fuse.plan_meanwhile(likely, cfg.fuse)
+    if "refine_poses" in overlaps and likely:
+        fuse.refine_meanwhile(likely, cfg.fuse)
 
 
 def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Path] = None, force: bool = False,
@@ -112,7 +128,8 @@ def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Pa
     (with live_grid, the volume's save is timed in mesh, which it overlaps)."""
     timings = {} if timings is None else timings
     with _timed(timings, "depth"):
-        depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force)
+        depth.run(dataclasses.replace(cfg.depth, model=model), wd, force=force,
+                  hand_to_fuse=through_fusion and "live_depth" in overlaps)
     if not through_fusion:
         return ModelRun(model, wd, [], None, False)
     before = Manifest.read(wd.fuse)
@@ -134,8 +151,8 @@ def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Opt
     """`run_model` for each model on an ingested work directory, fusion onwards in compare/<model>/ (compare,
     benchmark). A model that needs weights which are not available is skipped with the reason (the one place
     of that rule): returns ({model: ModelRun}, {model: why skipped}); an error when no model could run.
-    Fusion's plan (pose refinement included) depends only on the capture, so it is computed once for all
-    models (`fuse.plan_meanwhile`), during the first model's depth stage."""
+    Pose refinement depends only on the capture, so it is computed once for all models
+    (`fuse.refine_meanwhile`), during the first model's depth stage."""
     skipped = {m: why for m in models if (why := depth.missing_weights(dataclasses.replace(cfg.depth, model=m)))}
     for model, why in skipped.items():
         log.warning("%s skipped: %s", model, why)
@@ -144,7 +161,7 @@ def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Opt
         raise PromptmeshError(f"{wd.root}: no depth model could run ({skipped}); add lidar or guided to "
                               "--depth-models")
     if through_fusion:
-        _plan_ahead([wd.compare_model(m) for m in to_run], cfg, force, overlaps)
+        _refine_ahead([wd.compare_model(m) for m in to_run], cfg, force, overlaps)
     runs = {}
     for model in to_run:
         log.info("depth model %s", model)
@@ -164,12 +181,13 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
     assert not unknown, f"unknown overlaps {unknown}; known: {OVERLAPS}"
     timings: dict[str, float] = {}
     with WorkdirLock(workdir):
+        _import_ahead(workdir, force)
         with _timed(timings, "ingest"):
             ingest.run(cfg.ingest, capture, workdir, force=force)
         ingest_summary = Manifest.read(workdir.capture).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
-        _plan_ahead([workdir], cfg, force, overlaps)
+        _refine_ahead([workdir], cfg, force, overlaps)
         done = run_model(cfg, workdir, model, gt_mesh, force, timings, overlaps=overlaps)
         refine_s = (Manifest.read(workdir.fuse).summary.get("seconds_refine")
                     if done.fuse_ran and cfg.fuse.refine_poses else None)

@@ -115,6 +115,23 @@ def test_full_resolution_keeps_rgb_size(tmp_path):
     assert len(maps) == N_FRAMES and {mm.shape for mm in maps.values()} == {RGB_WH[::-1]}
 
 
+def test_maps_handed_to_fuse_are_the_pngs_within_the_memory_budget(tmp_path, monkeypatch):
+    wd = WorkDir(make_workdir(tmp_path))
+    out_w, out_h = output_size(*RGB_WH, DepthConfig().long_side_px)
+    monkeypatch.setattr(depth, "HAND_TO_FUSE_BYTES", int(2.5 * out_w * out_h * 2))  # room for two maps
+    folder = depth.run(DepthConfig(model="lidar"), wd, hand_to_fuse=True)
+    stamp = Manifest.read(folder).fingerprint
+    assert depth.take_maps(folder, "another fingerprint") == {}  # other inputs: not used, and gone
+    depth.run(DepthConfig(model="lidar"), wd, force=True, hand_to_fuse=True)
+    handed = depth.take_maps(folder, stamp)
+    on_disk = read_all(folder)
+    assert len(handed) == 2 and all(m.dtype == np.uint16 and np.array_equal(m, on_disk[f"{stem}.png"])
+                                    for stem, m in handed.items())
+    assert depth.take_maps(folder, stamp) == {}  # handed over once
+    depth.run(DepthConfig(model="lidar"), wd, force=True)  # without hand_to_fuse nothing is kept
+    assert depth.take_maps(folder, stamp) == {}
+
+
 def test_second_run_does_nothing_and_changed_setting_reruns(tmp_path, count_predictions, caplog):
     wd = make_workdir(tmp_path)
     cfg = DepthConfig(model="guided", long_side_px=32)

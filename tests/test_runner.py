@@ -167,9 +167,10 @@ def test_overlaps_change_no_output(capture, tmp_path):
     runs = {name: WorkDir(tmp_path / name) for name in ("with", "without")}
     runner.run(cfg, capture["stray"], runs["with"].root, gt_mesh=capture["gt_mesh"])
     runner.run(cfg, capture["stray"], runs["without"].root, gt_mesh=capture["gt_mesh"], overlaps=())
-    taken = {name: (Manifest.read(wd.fuse).summary["planned_ahead"], Manifest.read(wd.fuse).summary[
-        "saved_while_meshing"]) for name, wd in runs.items()}
-    assert taken == {"with": (True, True), "without": (False, False)}
+    taken = {name: (Manifest.read(wd.fuse).summary["refined_ahead"],
+                    Manifest.read(wd.fuse).summary["depth_maps_from_memory"] == len(CaptureTable.load(wd)),
+                    Manifest.read(wd.fuse).summary["saved_while_meshing"]) for name, wd in runs.items()}
+    assert taken == {"with": (True, True, True), "without": (False, False, False)}
     for rel in ("mesh.ply", "eval.json", "eval/curve.json", "fuse/tsdf.npz", "fuse/poses.parquet"):
         assert (runs["with"].root / rel).read_bytes() == (runs["without"].root / rel).read_bytes(), rel
 
@@ -184,6 +185,6 @@ def test_compare_refines_poses_once_for_all_models(capture, tmp_path, monkeypatc
     cfg = override(_cfg("lidar"), "eval", sample_spacing_m=0.02)
     compare.run(cfg, capture["stray"], tmp_path / "cmp", gt_mesh=capture["gt_mesh"], models=["lidar", "guided"])
     out = {m: WorkDir(tmp_path / "cmp").compare_model(m) for m in ("lidar", "guided")}
-    assert len(calls) == 1  # the plan depends on the capture only: one refinement serves both models
-    assert all(Manifest.read(o.fuse).summary["planned_ahead"] for o in out.values())
+    assert len(calls) == 1  # refinement depends on the capture only: one serves both models
+    assert all(Manifest.read(o.fuse).summary["refined_ahead"] for o in out.values())
     assert out["lidar"].poses_parquet.read_bytes() == out["guided"].poses_parquet.read_bytes()

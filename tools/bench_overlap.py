@@ -129,7 +129,7 @@ def table(results: dict[str, list[dict]], model: str, frames: int, repeats: int,
         f"synthetic capture of \"End to end\" (hard room, 1920x1440 HEVC video at 30 fps, 256x192 LiDAR), a fresh "
         f"work directory and a fresh Python process per run, median of {repeats} repeats (variants in a rotated "
         "order). Stage times from the run; pose refinement and volume save from the fuse manifest (with "
-        "`plan_fusion` refinement runs beside depth, with `live_grid` the save runs beside the mesh stage, whose "
+        "`refine_poses` refinement runs beside depth, with `live_grid` the save runs beside the mesh stage, whose "
         "time includes waiting for it). `vs default` = run wall time / the default run's in the same repeat (above 1: the overlap turned off "
         "buys that much). `outputs`: mesh.ply, eval.json, tsdf.npz and poses.parquet byte-identical to the "
         "default run's. "

@@ -23,13 +23,16 @@ a run with another fingerprint clears the folder first.
 Speed: the classical models (`frames_in_parallel`) run whole frames (read, predict, write) on two threads,
 one frame each; for PromptDA the main thread predicts batches while two threads read frames ahead and two
 encode and write the PNGs behind (`streams.prefetch`; memory stays bounded either way). Models that ignore
-RGB (registry `uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded.
+RGB (registry `uses_rgb` False: `lidar`) are not handed it, so the JPEGs are not decoded. With hand_to_fuse
+(`promptmesh run`) the maps written are also kept in memory, up to HAND_TO_FUSE_BYTES, for the fuse stage that
+follows (`take_maps`), which then does not decode them again.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import logging
+import threading
 import time
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from .. import ahead
 from ..artifacts import (Manifest, atomic_write_json, fingerprint, is_current, start_or_resume, upstream_fingerprint,
                          write_png_atomic)
 from ..capture import CaptureTable
@@ -65,6 +69,9 @@ PREFETCH_FRAMES = 4
 FRAME_WORKERS = 2
 """Threads predicting whole frames for models with `frames_in_parallel`; each holds one frame's working
 arrays. Two keep both cores of the reference machine (2 cores) busy (docs/benchmarks.md measures the gain)."""
+HAND_TO_FUSE_BYTES = 256 << 20
+"""Depth maps kept in memory for the fuse stage with hand_to_fuse, at most (170 maps at 1008x756); fusion reads
+the others from their PNGs."""
 
 
 class DepthModel(Protocol):
@@ -145,6 +152,12 @@ def missing_weights(cfg: DepthConfig) -> Optional[str]:
     except PromptmeshError as e:
         return str(e)
     return None
+
+
+def take_maps(stage_dir: Path, stamp: str) -> dict[str, np.ndarray]:
+    """The maps a `run` with hand_to_fuse kept for this depth folder, by frame stem ({} if none), when its
+    manifest's fingerprint is `stamp`; handed over once (the entry is gone after)."""
+    return ahead.take(("depth.maps", Path(stage_dir)), stamp) or {}
 
 
 def produced_model(workdir: WorkDirLike) -> str:
@@ -250,8 +263,11 @@ def _batches(frames: Iterator[_Frame], size: int) -> Iterator[list[_Frame]]:
         yield batch
 
 
-def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
-    """Estimate depth for every frame of WORKDIR/capture into WORKDIR/depth/<model>/; returns that folder."""
+def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False, hand_to_fuse: bool = False) -> Path:
+    """Estimate depth for every frame of WORKDIR/capture into WORKDIR/depth/<model>/; returns that folder.
+
+    hand_to_fuse: also keep the maps written (uint16 millimetres, as in their PNGs) in memory, up to
+    HAND_TO_FUSE_BYTES, for the fuse stage that must follow in this process (`take_maps`)."""
     wd = WorkDir(workdir)
     name = resolve_model_name(cfg)
     upstream = upstream_fingerprint(wd.capture, "ingest")
@@ -282,9 +298,18 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
     def load(i: int) -> _Frame:
         return _load_frame(table, i, spec.uses_rgb)
 
+    handed: dict[str, np.ndarray] = {}
+    handed_lock = threading.Lock()
+    room = [HAND_TO_FUSE_BYTES if hand_to_fuse else 0]
+
     def write(item: tuple[str, np.ndarray]) -> tuple[str, float]:
         stem, depth_m = item
-        write_png_atomic(stage_dir / f"{stem}.png", depth_m_to_mm(depth_m))
+        depth_mm = depth_m_to_mm(depth_m)
+        write_png_atomic(stage_dir / f"{stem}.png", depth_mm)
+        with handed_lock:
+            if depth_mm.nbytes <= room[0]:
+                handed[stem] = depth_mm
+                room[0] -= depth_mm.nbytes
         return stem, coverage(depth_m)
 
     def whole_frame(i: int) -> tuple[str, float]:
@@ -311,6 +336,8 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False) -> Path:
                "coverage_mean_computed": round(float(np.mean(coverages)), 4) if coverages else None}
     Manifest(STAGE, stamp, outputs=outputs, settings=settings, summary=summary,
              handoff={"model": name, "fuse_confidence_mask": spec.passes_lidar_through}).write(stage_dir)
+    if handed:
+        ahead.put(("depth.maps", stage_dir), stamp, handed)
     log.info("depth: %s wrote %d frames (%d reused) at %dx%d in %.1f s (%.2f frames/s), mean coverage %s -> %s",
              name, len(todo), summary["reused"], out_w, out_h, seconds, summary["frames_per_s"] or 0.0,
              summary["coverage_mean_computed"], stage_dir)

@@ -26,8 +26,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from ..errors import PromptmeshError
@@ -106,6 +104,9 @@ def axis_charts(vertices: np.ndarray, triangles: np.ndarray, smoothing_iteration
         votes = np.where(allowed, votes, -1)
         votes[np.arange(n_tri), axis6] += 1  # ties keep the current axis  (its own vote counts 2)
         axis6 = np.argmax(votes, 1)
+    from scipy.sparse import coo_matrix  # here, not at import (pipeline/runner.py)
+    from scipy.sparse.csgraph import connected_components
+
     same = axis6[a] == axis6[b]
     graph = coo_matrix((np.ones(int(same.sum()), np.int8), (a[same], b[same])), shape=(n_tri, n_tri))
     _, label = connected_components(graph, directed=False)

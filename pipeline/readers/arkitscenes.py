@@ -37,7 +37,6 @@ from typing import Callable, ClassVar, Iterator, Literal, Optional
 
 import cv2
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
 from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
@@ -74,6 +73,8 @@ def read_traj(path: Path) -> tuple[np.ndarray, np.ndarray]:
         rows.append(vals)
     if not rows:
         raise PromptmeshError(f"{path}: no poses; re-download lowres_wide.traj")
+    from scipy.spatial.transform import Rotation  # here, not at import: ~0.5 s every command would pay
+
     a = np.asarray(rows, np.float64)
     a = a[np.argsort(a[:, 0], kind="stable")]
     world_to_camera = np.tile(np.eye(4), (len(a), 1, 1))
@@ -89,6 +90,8 @@ def interpolate_poses(traj_t: np.ndarray, traj_c2w: np.ndarray, t: np.ndarray,
     ok is False outside [traj_t[0], traj_t[-1]] and where the bracketing rows are more than max_gap_s apart.
     A single-row trajectory only serves times within 1 ms of it.
     """
+    from scipy.spatial.transform import Rotation, Slerp
+
     t = np.asarray(t, np.float64)
     out = np.tile(np.eye(4), (len(t), 1, 1))
     if len(traj_t) == 1:
