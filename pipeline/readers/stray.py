@@ -95,7 +95,7 @@ class _VideoCursor:
             if bgr.shape[1::-1] != self.size:
                 raise PromptmeshError(f"{self.path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
                                       f"{self.size[0]}x{self.size[1]}")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # OpenCV decodes to BGR; in place: no second image
             self.last = (index, rgb)
             return rgb
 
