@@ -144,7 +144,7 @@ def remove_small_components(mesh: MeshArrays, min_triangles: int) -> tuple[MeshA
 
     Returns (cleaned mesh, number of pieces removed). min_triangles <= 0 keeps everything.
     """
-    from scipy.sparse import csr_matrix  # here, not at import (pipeline/runner.py)
+    from scipy.sparse import csr_matrix  # where used: commands start ~0.5 s sooner (tests/test_imports.py)
     from scipy.sparse.csgraph import connected_components
 
     if min_triangles <= 0 or len(mesh.triangles) == 0:

@@ -160,7 +160,7 @@ def pose_difference(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _twist_to_matrix(xi: np.ndarray) -> np.ndarray:
     """(...,6) [w radians, v metres] -> (...,4,4) [R(w) | v]."""
-    from scipy.spatial.transform import Rotation  # scipy is imported where used (pipeline/runner.py)
+    from scipy.spatial.transform import Rotation  # where used: commands start ~0.5 s sooner (tests/test_imports.py)
 
     xi = np.asarray(xi, np.float64)
     T = np.zeros(xi.shape[:-1] + (4, 4))

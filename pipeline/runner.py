@@ -6,7 +6,6 @@ stage's manifest fingerprint includes its upstream's). Timings go to WORKDIR/tim
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import time
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import ahead, depth, evaluate, fuse, ingest, mesh
+from . import depth, evaluate, fuse, ingest, mesh
 from .artifacts import Manifest, WorkdirLock, atomic_write_json
 from .config import PipelineConfig
 from .errors import PromptmeshError
@@ -99,19 +98,6 @@ OVERLAPS = ("refine_poses", "live_depth", "live_grid")
 The outputs are the same with any of them off (tests/test_runner.py)."""
 
 
-HEAVY_IMPORTS = ("open3d", "scipy.spatial", "scipy.sparse.csgraph")
-"""What fusion and meshing import that takes a core ~1.5 s (Open3D ~0.9 s with its plotting deferred,
-`pipeline/open3d_import.py`; scipy's spatial and sparse parts ~0.6 s): `run` imports them on a thread while
-ingest runs (`_import_ahead`), so that neither pose refinement nor the main thread waits for them. Elsewhere they
-are imported where used, so that commands that do not fuse start quickly."""
-
-
-def _import_ahead(workdir: WorkDir, force: bool) -> None:
-    """Start importing HEAVY_IMPORTS on a thread, when fusion is likely to run (forced, or no mesh yet)."""
-    if force or Manifest.read(workdir.mesh_stage) is None:
-        ahead.in_thread(lambda: [importlib.import_module(m) for m in HEAVY_IMPORTS], name="import-ahead")
-
-
 def _refine_ahead(workdirs: list[WorkDir], cfg: PipelineConfig, force: bool, overlaps: tuple[str, ...]) -> None:
     """With the refine_poses overlap, start fusion's pose refinement (`fuse.refine_meanwhile`) for those of
     `workdirs` (one ingested capture) whose fusion is likely to run: forced, or no mesh there yet."""
@@ -181,7 +167,6 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
     assert not unknown, f"unknown overlaps {unknown}; known: {OVERLAPS}"
     timings: dict[str, float] = {}
     with WorkdirLock(workdir):
-        _import_ahead(workdir, force)
         with _timed(timings, "ingest"):
             ingest.run(cfg.ingest, capture, workdir, force=force)
         ingest_summary = Manifest.read(workdir.capture).summary

@@ -1,5 +1,6 @@
-"""What importing costs: the command line starts without the heavy libraries (runner.HEAVY_IMPORTS, torch), and
-Open3D imports without its plotting modules (pipeline/open3d_import.py), which still work when asked for."""
+"""What importing costs: the command line starts without the heavy libraries (Open3D, scipy, torch, trimesh: each is
+imported where it is used), and Open3D imports without its plotting modules (pipeline/open3d_import.py), which
+still work when asked for."""
 import subprocess
 import sys
 import textwrap

@@ -104,7 +104,7 @@ def axis_charts(vertices: np.ndarray, triangles: np.ndarray, smoothing_iteration
         votes = np.where(allowed, votes, -1)
         votes[np.arange(n_tri), axis6] += 1  # ties keep the current axis  (its own vote counts 2)
         axis6 = np.argmax(votes, 1)
-    from scipy.sparse import coo_matrix  # here, not at import (pipeline/runner.py)
+    from scipy.sparse import coo_matrix  # where used: commands start ~0.5 s sooner (tests/test_imports.py)
     from scipy.sparse.csgraph import connected_components
 
     same = axis6[a] == axis6[b]
