@@ -1,7 +1,7 @@
 """`import open3d` without its notebook plotting: about 1.4 s of Open3D 0.20's ~2.2 s import (measured with
 `python -X importtime -c "import open3d"`) goes to open3d.visualization.draw_plotly, which imports plotly and
 Dash, and through Dash IPython and requests. promptmesh never plots; every process that fuses, meshes or
-exports pays that import, and `promptmesh run` pays it on the path that waits for fusion's plan.
+exports pays that import, and `promptmesh run` pays it on the thread whose pose refinement fusion waits for.
 
 `defer_plotly()` (run when the package is imported, before anything imports Open3D) registers a stand-in for
 that one submodule. Its functions, and any other name asked of it, load the real module on first use, so
