@@ -300,16 +300,17 @@ def run(cfg: DepthConfig, workdir: WorkDirLike, force: bool = False, hand_to_fus
 
     handed: dict[str, np.ndarray] = {}
     handed_lock = threading.Lock()
-    room = [HAND_TO_FUSE_BYTES if hand_to_fuse else 0]
+    room_bytes = HAND_TO_FUSE_BYTES if hand_to_fuse else 0
 
     def write(item: tuple[str, np.ndarray]) -> tuple[str, float]:
+        nonlocal room_bytes
         stem, depth_m = item
         depth_mm = depth_m_to_mm(depth_m)
         write_png_atomic(stage_dir / f"{stem}.png", depth_mm)
         with handed_lock:
-            if depth_mm.nbytes <= room[0]:
+            if depth_mm.nbytes <= room_bytes:
                 handed[stem] = depth_mm
-                room[0] -= depth_mm.nbytes
+                room_bytes -= depth_mm.nbytes
         return stem, coverage(depth_m)
 
     def whole_frame(i: int) -> tuple[str, float]:
