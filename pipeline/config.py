@@ -89,6 +89,11 @@ class FuseConfig:
     auto_trunc_min_m: float = 0.03
     """With the automatic voxel, the truncation is at least this, metres (more than sdf_trunc_voxels voxels
     when they are small: the truncation has to exceed the depth noise several times)."""
+    depth_px_per_voxel: float = 1.0
+    """Depth maps are fused at every n-th pixel, n the largest step that still leaves this many depth pixels per
+    voxel edge at the scene's median depth, and no fewer pixels than the LiDAR map (1008 px maps of a room at a
+    1 cm voxel: every 2nd). Open3D's integration reads one depth pixel per voxel and frame, so finer pixels
+    mostly cost time; 0 fuses every pixel."""
     sdf_trunc_voxels: float = 4.0
     """Truncation distance, in voxels (with the automatic voxel, raised to auto_trunc_min_m if needed)."""
     depth_min_m: float = 0.1
@@ -272,6 +277,7 @@ def validate(cfg: PipelineConfig, source: Any = "options") -> None:
         (cfg.fuse.auto_voxel_depth_ratio > 0 and 0 < cfg.fuse.auto_voxel_min_m <= 0.5 and cfg.fuse.auto_trunc_min_m >= 0,
          "fuse.auto_voxel_depth_ratio must be > 0, fuse.auto_voxel_min_m in (0, 0.5] metres, auto_trunc_min_m >= 0"),
         (cfg.fuse.sdf_trunc_voxels >= 1, "fuse.sdf_trunc_voxels must be >= 1"),
+        (cfg.fuse.depth_px_per_voxel >= 0, "fuse.depth_px_per_voxel must be >= 0 (0 fuses every depth pixel)"),
         (0 <= cfg.fuse.depth_min_m < cfg.fuse.depth_max_m, "need 0 <= fuse.depth_min_m < fuse.depth_max_m"),
         (cfg.fuse.min_confidence in (0, 1, 2), "fuse.min_confidence must be 0, 1 or 2"),
         (0 < cfg.fuse.refine_voxel_m <= 0.5, "fuse.refine_voxel_m must be in (0, 0.5] metres"),

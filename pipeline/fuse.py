@@ -9,11 +9,15 @@ when Open3D has it and the config allows, else on the CPU. (The legacy ScalableT
 float depth in Open3D 0.20, so it is not used.)
 
 Conventions:
-- Depth maps are uint16 millimetres, 0 = invalid, any size (w, h) with the RGB aspect; each frame is
-  integrated at its depth map's own size with K_rgb scaled by (w/W, h/H) (pixel-edge convention,
-  `geometry.scale_intrinsics`). Colour is the RGB frame decoded at a reduced JPEG scale no smaller than
-  half the depth map's size (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is
-  resized to (w, h) with nearest neighbour.
+- Depth maps are uint16 millimetres, 0 = invalid, any size (w, h) with the RGB aspect, with K_rgb scaled by
+  (w/W, h/H) (pixel-edge convention, `geometry.scale_intrinsics`). Each frame is integrated at every n-th
+  pixel of its map (`depth_step`: the largest n that leaves depth_px_per_voxel pixels per voxel edge at the
+  scene's median depth, and no fewer pixels than the LiDAR map has; point samples with K for their grid,
+  `geometry.subsample_depth`): Open3D reads one depth pixel per voxel and frame, so pixels much finer than
+  the voxel cost time. Colour is
+  the RGB frame decoded at a reduced JPEG scale no smaller than half the depth map's full size
+  (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is resized to the integrated
+  depth size with nearest neighbour.
 - Depth outside [depth_min_m, depth_max_m] and pixels with LiDAR confidence < min_confidence are
   dropped (set to 0), not clamped: clamping would fabricate surface at the bounds.
 - Open3D's extrinsic is world_to_camera = inverse(camera_to_world); camera axes are OpenCV already.
@@ -68,7 +72,7 @@ from .capture import CaptureTable
 from .config import FuseConfig
 from .depth import take_maps
 from .errors import PromptmeshError
-from .geometry import scale_intrinsics, transform_points
+from .geometry import scale_intrinsics, subsample_depth, transform_points
 from .images import MM_PER_M, REDO, read_depth_mm, read_image
 from .poses import write_poses
 from .refine import RefinedPoses, refine_poses
@@ -148,13 +152,13 @@ def mask_depth_mm(depth_mm: np.ndarray, confidence: Optional[np.ndarray], cfg: F
 
 @dataclass
 class PreparedFrame:
-    """One frame ready for integration: depth at the depth map's size (w, h), colour at its own size."""
+    """One frame ready for integration: depth at the size it is integrated at (w, h), colour at its own size."""
 
     index: int
     depth_mm: np.ndarray
     """(h,w) uint16 millimetres, masked (0 = ignore)."""
     rgb: np.ndarray
-    """(h',w',3) uint8 RGB, at least half the depth map's size (`_read_colour`)."""
+    """(h',w',3) uint8 RGB, at least half the depth map's full size (`_read_colour`)."""
     K_depth: np.ndarray
     """(3,3) intrinsics at (w, h), pixels."""
     K_color: np.ndarray
@@ -191,22 +195,37 @@ def read_confidence(table: CaptureTable, i: int, size_wh: tuple[int, int]) -> Op
     return cv2.resize(confidence, size_wh, interpolation=cv2.INTER_NEAREST)
 
 
+def depth_step(voxel_size_m: float, scene_depth_m: float, fx_px: float, px_per_voxel: float,
+               max_step: int) -> int:
+    """The subsampling step for fusing a depth map of focal length fx_px: the largest n <= max_step that leaves
+    at least `px_per_voxel` pixels per voxel edge at `scene_depth_m` (one pixel spans depth / fx metres there);
+    1 when px_per_voxel is 0 or the depth is unknown (NaN)."""
+    if not (px_per_voxel > 0 and scene_depth_m > 0):
+        return 1
+    return max(1, min(max_step, int(voxel_size_m * fx_px / (scene_depth_m * px_per_voxel))))
+
+
 def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig,
-                  depth_mm: Optional[np.ndarray] = None) -> PreparedFrame:
+                  depth_mm: Optional[np.ndarray] = None, scene_depth_m: float = math.nan) -> PreparedFrame:
     """Read frame i's depth (depth_dir/<stem>.png, unless given as `depth_mm`: its contents, uint16 mm), colour
-    and confidence, masked and at the depth size."""
+    and confidence, masked; depth subsampled by `depth_step` at `scene_depth_m` (NaN: every pixel)."""
     if depth_mm is None:
         depth_mm = read_depth_mm(depth_dir / f"{table.stem(i)}.png", "rerun `promptmesh depth WORKDIR --force`")
     h, w = depth_mm.shape
     rgb_wh = (int(table.width[i]), int(table.height[i]))
-    confidence = read_confidence(table, i, (w, h)) if cfg.min_confidence > 0 else None
+    K_depth = scale_intrinsics(table.K_rgb[i], rgb_wh, (w, h))
+    step = depth_step(cfg.voxel_size_m, scene_depth_m, K_depth[0, 0], cfg.depth_px_per_voxel,
+                      max_step=w // int(table.lidar_width[i]))  # never fewer pixels than the LiDAR measured
+    if step > 1:
+        depth_mm, K_depth = subsample_depth(depth_mm, K_depth, step)
+    confidence = read_confidence(table, i, depth_mm.shape[::-1]) if cfg.min_confidence > 0 else None
     depth_mm = mask_depth_mm(depth_mm, confidence, cfg)
     rgb = _read_colour(table.root / table.rgb_path[i], (w, h), rgb_wh)
     return PreparedFrame(
         index=i,
         depth_mm=depth_mm,
         rgb=rgb,
-        K_depth=scale_intrinsics(table.K_rgb[i], rgb_wh, (w, h)),
+        K_depth=K_depth,
         K_color=scale_intrinsics(table.K_rgb[i], rgb_wh, (rgb.shape[1], rgb.shape[0])),
         n_valid=int(np.count_nonzero(depth_mm)),
     )
@@ -261,12 +280,11 @@ def auto_voxel_size_m(depth_m: float, cfg: FuseConfig) -> float:
     return max(cfg.auto_voxel_min_m, round(cfg.auto_voxel_depth_ratio * depth_m * 2000) / 2000)
 
 
-def resolve_voxel_size(cfg: FuseConfig, table: CaptureTable) -> tuple[FuseConfig, Optional[float]]:
-    """(cfg with the voxel size, and the truncation in voxels, chosen when the voxel is automatic (0); the scene
-    depth they were chosen from in metres, or None when the voxel size was given)."""
+def resolve_voxel_size(cfg: FuseConfig, depth_m: float) -> tuple[FuseConfig, Optional[float]]:
+    """(cfg with the voxel size, and the truncation in voxels, chosen from the scene depth `depth_m`
+    (`scene_depth_m`) when the voxel is automatic (0); depth_m when it was chosen, None when it was given)."""
     if cfg.voxel_size_m > 0:
         return cfg, None
-    depth_m = scene_depth_m(table)
     voxel_m = auto_voxel_size_m(depth_m, cfg)
     return dataclasses.replace(cfg, voxel_size_m=voxel_m,
                                sdf_trunc_voxels=max(cfg.sdf_trunc_voxels, cfg.auto_trunc_min_m / voxel_m)), depth_m
@@ -432,7 +450,8 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     t0 = time.perf_counter()
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
     given_cfg = cfg
-    cfg, auto_depth_m = resolve_voxel_size(cfg, table)
+    depth_m = scene_depth_m(table)
+    cfg, auto_depth_m = resolve_voxel_size(cfg, depth_m)
     block_count = estimate_block_count(table, cfg)  # while refinement may still run (at the capture's poses)
     grid = new_grid(cfg, block_count, device)
     t_refine = time.perf_counter()
@@ -445,11 +464,12 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
              "; poses refined while depth ran" if refined_ahead else "")
     world_to_camera = np.linalg.inv(camera_to_world)
     n_valid_px = 0
+    fused_wh = None  # the fused depth size (after `depth_step`), for the summary
     empty = []
     n_handed = len(handed_maps)
 
     def prepare(i: int) -> PreparedFrame:
-        return prepare_frame(table, i, depth_dir, cfg, handed_maps.pop(table.stem(i), None))
+        return prepare_frame(table, i, depth_dir, cfg, handed_maps.pop(table.stem(i), None), depth_m)
 
     t_integrate = time.perf_counter()
     with closing(prefetch(prepare, range(len(table)), PREFETCH_FRAMES, PREFETCH_WORKERS, name="fuse-read")) as frames:
@@ -457,6 +477,7 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
             if not integrate_frame(grid, f, world_to_camera[f.index], cfg, device):
                 empty.append(table.stem(f.index))
             n_valid_px += f.n_valid
+            fused_wh = f.depth_mm.shape[::-1]
             log.debug("fuse: frame %s, %d valid depth pixels, %d blocks", table.stem(f.index), f.n_valid,
                       grid.hashmap().size())
     if empty:
@@ -487,7 +508,7 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                  summary={"frames": len(table), "frames_without_depth": len(empty), "blocks": n_blocks,
                           "voxel_size_m": cfg.voxel_size_m, "voxel_auto_depth_m": auto_depth_m,
                           "sdf_trunc_m": cfg.sdf_trunc_voxels * cfg.voxel_size_m,
-                          "blocks_presized": block_count,
+                          "blocks_presized": block_count, "depth_fused_wh": list(fused_wh),
                           "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(t_end - t0, 3),
                           "refine": refined.summary if refined is not None else None,
                           "refined_ahead": refined_ahead, "depth_maps_from_memory": n_handed,

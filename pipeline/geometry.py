@@ -99,6 +99,19 @@ def scale_intrinsics(K: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, 
     return S @ np.asarray(K, np.float64)
 
 
+def subsample_depth(depth: np.ndarray, K: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `step`-th pixel of a depth map, starting at (step // 2, step // 2), and K for that grid.
+
+    Pixel (i, j) of the result is pixel (step//2 + step*i, step//2 + step*j) of the input, so u' = (u - step//2)
+    / step exactly (pixel centres at integer coordinates; point sampling, no averaging of depths across edges)."""
+    o = step // 2
+    K_small = np.array(K, np.float64)
+    K_small[:2] /= step
+    K_small[0, 2] = (K[0, 2] - o) / step
+    K_small[1, 2] = (K[1, 2] - o) / step
+    return np.ascontiguousarray(depth[o::step, o::step]), K_small
+
+
 def output_size(width: int, height: int, long_side_px: int) -> tuple[int, int]:
     """(W', H') with the long side `long_side_px` (never upscaled past the input) and the same aspect."""
     long_side_px = min(long_side_px, max(width, height))

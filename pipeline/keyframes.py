@@ -34,7 +34,7 @@ from typing import Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
-from .geometry import backproject, project_points, rotation_angle_deg, transform_points
+from .geometry import backproject, project_points, rotation_angle_deg, subsample_depth, transform_points
 
 Item = TypeVar("Item")
 
@@ -96,19 +96,6 @@ class View:
         """A View from a full LiDAR map (e.g. 256x192) sampled every `step` pixels (64x48)."""
         small, K_small = subsample_depth(np.asarray(depth_m, np.float32), K_depth, step)
         return cls(np.asarray(camera_to_world, np.float64), small, K_small)
-
-
-def subsample_depth(depth_m: np.ndarray, K: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every `step`-th pixel of a depth map, starting at (step // 2, step // 2), and K for that grid.
-
-    Pixel (i, j) of the result is pixel (step//2 + step*i, step//2 + step*j) of the input, so u' = (u - step//2)
-    / step exactly (point sampling, no averaging of depths across edges)."""
-    o = step // 2
-    K_small = np.array(K, np.float64)
-    K_small[:2] /= step
-    K_small[0, 2] = (K[0, 2] - o) / step
-    K_small[1, 2] = (K[1, 2] - o) / step
-    return np.ascontiguousarray(depth_m[o::step, o::step]), K_small
 
 
 def seen_fraction(points_world: np.ndarray, keyframes: Iterable[View], depth_tolerance_ratio: float) -> float:

@@ -23,7 +23,7 @@ from pipeline.capture import CaptureTable, FrameRow, write_frames_table
 from pipeline.config import EvalConfig, FuseConfig, MeshConfig
 from pipeline.errors import PromptmeshError
 from pipeline.export.gltf import read_glb, srgb8_colors
-from pipeline.geometry import camera_rays, scale_intrinsics
+from pipeline.geometry import camera_rays, scale_intrinsics, subsample_depth
 from pipeline.images import depth_m_to_mm
 from pipeline.workdir import WorkDir
 
@@ -390,8 +390,49 @@ def test_automatic_voxel_size_follows_the_scene_depth(tmp_path):
     write_frames_table(capture / "frames.parquet", rows)
     table = CaptureTable.load(tmp_path)
     assert fuse.scene_depth_m(table) == pytest.approx(0.32)
-    chosen, depth_m = fuse.resolve_voxel_size(FuseConfig(), table)
+    chosen, depth_m = fuse.resolve_voxel_size(FuseConfig(), fuse.scene_depth_m(table))
     assert depth_m == pytest.approx(0.32) and chosen.voxel_size_m == 0.004
     assert chosen.sdf_trunc_voxels * chosen.voxel_size_m == pytest.approx(0.03)
-    given, none = fuse.resolve_voxel_size(FuseConfig(voxel_size_m=0.02), table)
+    given, none = fuse.resolve_voxel_size(FuseConfig(voxel_size_m=0.02), 0.32)
     assert none is None and given == FuseConfig(voxel_size_m=0.02)
+
+
+def _fused_plane_offset_m(depth_mm: np.ndarray, K: np.ndarray, plane) -> float:
+    """Mean signed distance of the mesh fused from one depth map (world = camera) to the plane n.x = d."""
+    n, d = plane
+    grid = fuse.new_grid(FuseConfig(voxel_size_m=0.01), 4096, o3d.core.Device("CPU:0"))
+    rgb = np.full(depth_mm.shape + (3,), 128, np.uint8)
+    frame = fuse.PreparedFrame(0, depth_mm, rgb, K, K, int(np.count_nonzero(depth_mm)))
+    assert fuse.integrate_frame(grid, frame, np.eye(4), FuseConfig(voxel_size_m=0.01), o3d.core.Device("CPU:0"))
+    v = mesh.extract(grid, 1).vertices.astype(np.float64)
+    inner = (np.abs(v[:, 0]) < 0.3) & (np.abs(v[:, 1]) < 0.3)
+    return float(np.mean(v[inner] @ n - d))
+
+
+def test_subsampled_depth_fuses_where_every_pixel_does():
+    """A plane slanted 56 degrees to the view, its depth exact at pixel centres (integer coordinates): fused from
+    every pixel or from every 2nd (`subsample_depth`, as `prepare_frame` does), the surface lands on the plane
+    (within 1 mm: one pixel per voxel samples the slant coarsely). A half-pixel slip of the subsampled grid (K / 2
+    for the grid of odd pixels) moves it by 4.5 mm."""
+    W, H, f = 480, 360, 400.0
+    K = np.array([[f, 0, W / 2 - 0.3], [0, f, H / 2 + 0.2], [0, 0, 1]])
+    slope, z0 = 1.5, 2.0  # the plane z = z0 + slope * x
+    u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
+    z = z0 / (1 - slope * (u - K[0, 2]) / f)
+    depth_mm = np.where((z > 0.3) & (z < 4.5), np.rint(z * 1000), 0).astype(np.uint16)
+    plane = (np.array([-slope, 0.0, 1.0]) / np.hypot(slope, 1), z0 / np.hypot(slope, 1))
+    assert fuse.depth_step(0.01, z0, f, 1.0, max_step=4) == 2  # 2 px per 1 cm voxel at 2 m
+    small, K_small = subsample_depth(depth_mm, K, 2)
+    assert small.shape == (H // 2, W // 2)
+    assert abs(_fused_plane_offset_m(depth_mm, K, plane)) < 4e-4
+    assert abs(_fused_plane_offset_m(small, K_small, plane)) < 1e-3
+
+
+def test_depth_step_leaves_enough_pixels_per_voxel():
+    # one pixel spans depth / f: at f = 800 px and 2 m, 2.5 mm; a 1 cm voxel spans 4 of them
+    assert fuse.depth_step(0.01, 2.0, 800.0, 1.0, max_step=8) == 4
+    assert fuse.depth_step(0.01, 2.0, 800.0, 1.0, max_step=3) == 3  # no fewer pixels than the LiDAR's
+    assert fuse.depth_step(0.01, 2.0, 800.0, 1.5, max_step=8) == 2
+    assert fuse.depth_step(0.01, 5.0, 800.0, 1.0, max_step=8) == 1  # never below one pixel per step
+    assert fuse.depth_step(0.01, 2.0, 800.0, 0.0, max_step=8) == 1  # 0: every pixel
+    assert fuse.depth_step(0.01, float("nan"), 800.0, 1.0, max_step=8) == 1  # unknown scene depth

@@ -102,17 +102,6 @@ def test_sharpest_of_the_neighbourhood_wins():
     assert d[2].reason == keyframes.FIRST and d[0].reason == keyframes.BLURRIER_NEIGHBOUR
 
 
-def test_subsampled_depth_keeps_the_pixel_centre_convention():
-    """Pixel (i, j) of the subsampled map is pixel (2 + 4i, 2 + 4j) of the full one: a point seen at full
-    pixel (14, 6) projects with the subsampled K to (3, 1) exactly (a half-pixel slip would show)."""
-    K = intrinsics_matrix(200.0, 210.0, 127.3, 95.6)
-    depth = np.arange(256 * 192, dtype=np.float32).reshape(192, 256)
-    small, K_small = keyframes.subsample_depth(depth, K, 4)
-    assert small.shape == (48, 64) and small[1, 3] == depth[6, 14]
-    x = np.array([(14 - K[0, 2]) / K[0, 0], (6 - K[1, 2]) / K[1, 1], 1.0])
-    np.testing.assert_allclose((K_small @ x)[:2], [3.0, 1.0], atol=1e-12)
-
-
 # ----------------------------------------------------------------------------- in the ingest stage
 def _source(poses, loaded: list) -> CaptureSource:
     W, H = 64, 48
