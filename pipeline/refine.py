@@ -103,6 +103,8 @@ LOOP_REJECT_M = 0.02
 """A loop edge whose residual after the solve, weighted by its information per correspondence
 (sqrt(r^T I r): metres along a fully constrained direction, less along weak ones), exceeds this is dropped."""
 GAUSS_NEWTON_ITERATIONS = 10
+ICP_CONVERGED = 1e-5
+"""ICP stops a level when its step is below this in every component (radians, metres)."""
 
 
 @dataclass
@@ -319,7 +321,7 @@ def point_to_plane_icp(source: Fragment, target: Fragment, target_tree: cKDTree,
             step = np.linalg.solve(information + penalty, -(J * weight[:, None]).T @ r / len(r) - penalty @ deviation)
             T = _twist_to_matrix(step) @ T
             rmse = float(np.sqrt(np.mean(r ** 2)))
-            if np.abs(step).max() < 1e-6:
+            if np.abs(step).max() < ICP_CONVERGED:
                 break
     return T, information, fitness, rmse
 
