@@ -67,6 +67,9 @@ class SourceFrame:
     """-> (h,w) uint8 ARKit confidence 0 (low) / 1 / 2 (high), or None when the capture has none."""
     rgb_jpeg_path: Optional[Path] = None
     """Source JPEG of this frame when it can be copied unchanged (no re-encoding); None for video."""
+    load_bgr: Optional[Callable[[], np.ndarray]] = None
+    """-> the same image in OpenCV's BGR order, for readers that decode with OpenCV: ingest measures sharpness
+    and encodes the JPEG from it without two colour conversions. None: ingest converts load_rgb's image."""
     source_name: str = ""
     """Human-readable name of the frame's main file, for warnings."""
     pose_source: str = ""

@@ -50,9 +50,9 @@ log = logging.getLogger(__name__)
 STAGE = "ingest"
 
 
-def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
-    """Variance of the Laplacian of the (downscaled) grey image: higher = sharper."""
-    g = rgb_or_gray if rgb_or_gray.ndim == 2 else cv2.cvtColor(rgb_or_gray, cv2.COLOR_RGB2GRAY)
+def sharpness(bgr_or_gray: np.ndarray, long_side_px: int = 480) -> float:
+    """Variance of the Laplacian of the (downscaled) grey image: higher = sharper. Colour in OpenCV's BGR order."""
+    g = bgr_or_gray if bgr_or_gray.ndim == 2 else cv2.cvtColor(bgr_or_gray, cv2.COLOR_BGR2GRAY)
     s = long_side_px / max(g.shape)
     if s < 1:
         g = cv2.resize(g, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
@@ -62,8 +62,8 @@ def sharpness(rgb_or_gray: np.ndarray, long_side_px: int = 480) -> float:
 @dataclass
 class _Candidate:
     frame: SourceFrame
-    rgb: Optional[np.ndarray] = None
-    """Decoded RGB (sources without a JPEG to copy), decoded on the reading thread."""
+    bgr: Optional[np.ndarray] = None
+    """The decoded image in OpenCV's BGR order (sources without a JPEG to copy), decoded on the reading thread."""
     jpeg: Optional[bytes] = None
     """The source JPEG's bytes (checked: complete, decodable, the capture's RGB size), to copy unchanged."""
     depth_m: Optional[np.ndarray] = None
@@ -137,8 +137,12 @@ def _load_image(cand: _Candidate) -> None:
             gray = _checked_quarter_gray(cand.jpeg, str(f.rgb_jpeg_path), f.rgb_size)
             if cand.sharpness is None:
                 cand.sharpness = sharpness(gray)
-    elif cand.rgb is None:
-        cand.rgb = f.load_rgb()
+    elif cand.bgr is None:
+        cand.bgr = _load_bgr(f)
+
+
+def _load_bgr(f: SourceFrame) -> np.ndarray:
+    return f.load_bgr() if f.load_bgr is not None else cv2.cvtColor(f.load_rgb(), cv2.COLOR_RGB2BGR)
 
 
 def _measure_sharpness(cand: _Candidate) -> float:
@@ -147,7 +151,7 @@ def _measure_sharpness(cand: _Candidate) -> float:
         try:
             _load_image(cand)
             if cand.sharpness is None:
-                cand.sharpness = sharpness(cand.rgb)
+                cand.sharpness = sharpness(cand.bgr)
         except PromptmeshError as e:
             cand.error = str(e)
     return -math.inf if cand.error is not None else cand.sharpness
@@ -306,11 +310,10 @@ def _write_frame_files(cand: _Candidate, out: Path, source: CaptureSource, jpeg_
     if cand.jpeg is not None:
         jpeg = cand.jpeg  # checked in _select: copied unchanged
     else:
-        rgb = cand.rgb if cand.rgb is not None else f.load_rgb()
-        if rgb.shape[:2] != (H, W):
-            raise PromptmeshError(f"{f.source_name}: RGB is {rgb.shape[1]}x{rgb.shape[0]}, expected {W}x{H}")
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        bgr = cand.bgr if cand.bgr is not None else _load_bgr(f)
+        if bgr.shape[:2] != (H, W):
+            raise PromptmeshError(f"{f.source_name}: RGB is {bgr.shape[1]}x{bgr.shape[0]}, expected {W}x{H}")
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for frame {f.frame_index}")
         jpeg = buf.tobytes()

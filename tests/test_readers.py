@@ -110,6 +110,8 @@ def test_round_trip_recovers_poses_intrinsics_depth(fmt, tmp_path):
         assert rgb.shape == (H, W, 3) and rgb.dtype == np.uint8
         assert rgb_error(rgb, gt.rgb[i]) < 4.0, (fmt, i, rgb_error(rgb, gt.rgb[i]))  # JPEG q95 / HEVC crf 18
         assert (f.rgb_jpeg_path is not None) == (fmt in JPEG_FORMATS)
+        if f.load_bgr is not None:  # the same image in OpenCV's order
+            np.testing.assert_array_equal(f.load_bgr(), rgb[..., ::-1])
 
 
 # The hand pose: camera at (1, 2, 3) looking along world +x, upright. OpenCV axes in world coordinates:
@@ -434,6 +436,10 @@ def test_ingest_stray_and_r3d_give_the_ground_truth(tmp_path):
             np.testing.assert_array_equal(conf, gt.confidence[i])
         if fmt == "r3d":  # JPEG bytes copied, not re-encoded
             assert (table.root / table.rgb_path[1]).read_bytes() == zipfile.ZipFile(path).read("rgbd/1.jpg")
+        else:  # video frames encoded by ingest, in the right channel order (red > green > blue: a swap shows)
+            for i in range(N):
+                rgb = cv2.cvtColor(cv2.imread(str(table.root / table.rgb_path[i])), cv2.COLOR_BGR2RGB)
+                assert rgb_error(rgb, gt.rgb[i]) < 4.0, (i, rgb_error(rgb, gt.rgb[i]))
 
 
 @pytest.mark.parametrize("broken", ["stray-without-odometry", "not-a-zip.r3d"])

@@ -77,7 +77,7 @@ class _VideoCursor:
             raise PromptmeshError(f"{self.path}: cannot open the video; check that the file is complete")
 
     def read(self, index: int) -> np.ndarray:
-        """Frame `index` as (H, W, 3) uint8 RGB."""
+        """Frame `index` as (H, W, 3) uint8 BGR, OpenCV's order (the last one read is kept: do not modify it)."""
         with self.lock:
             if self.last[0] == index:
                 return self.last[1]
@@ -95,9 +95,8 @@ class _VideoCursor:
             if bgr.shape[1::-1] != self.size:
                 raise PromptmeshError(f"{self.path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
                                       f"{self.size[0]}x{self.size[1]}")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # OpenCV decodes to BGR; in place: no second image
-            self.last = (index, rgb)
-            return rgb
+            self.last = (index, bgr)
+            return bgr
 
     def close(self) -> None:
         if self.cap is not None:
@@ -261,7 +260,8 @@ class StrayReader:
                         camera_to_world=r.camera_to_world,
                         K_rgb=K_rgb,
                         rgb_size=rgb_size,
-                        load_rgb=lambda i=r.video_index: video.read(i),
+                        load_rgb=lambda i=r.video_index: cv2.cvtColor(video.read(i), cv2.COLOR_BGR2RGB),
+                        load_bgr=lambda i=r.video_index: video.read(i),
                         load_depth_m=lambda p=r.depth_path: _read_depth_m(p),
                         load_confidence=(lambda p=conf_path: read_uint8_png(p)) if has_confidence else None,
                         rgb_jpeg_path=None,
