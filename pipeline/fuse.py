@@ -14,10 +14,9 @@ Conventions:
   pixel of its map (`depth_step`: the largest n that leaves depth_px_per_voxel pixels per voxel edge at the
   scene's median depth, and no fewer pixels than the LiDAR map has; point samples with K for their grid,
   `geometry.subsample_depth`): Open3D reads one depth pixel per voxel and frame, so pixels much finer than
-  the voxel cost time. Colour is
-  the RGB frame decoded at a reduced JPEG scale no smaller than half the depth map's full size
-  (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is resized to the integrated
-  depth size with nearest neighbour.
+  the voxel cost time. Colour is the RGB frame decoded at a reduced JPEG scale no smaller than half the depth
+  map's full size (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is resized to the
+  integrated depth size with nearest neighbour.
 - Depth outside [depth_min_m, depth_max_m] and pixels with LiDAR confidence < min_confidence are
   dropped (set to 0), not clamped: clamping would fabricate surface at the bounds.
 - Open3D's extrinsic is world_to_camera = inverse(camera_to_world); camera axes are OpenCV already.
