@@ -516,8 +516,9 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                           "seconds_integrate": round(t_save - t_integrate, 3),
                           "seconds_save": round(t_end - t_saving, 3), "saved_while_meshing": hand_over},
                  handoff={"depth_model": depth_model}).write(out)
-        log.info("fuse: %d frames in %.1f s (integration %.1f frames/s), %d blocks (%d pre-sized) -> %s", len(table),
-                 t_end - t0, len(table) / max(t_save - t_integrate, 1e-9), n_blocks, block_count, wd.tsdf)
+        log.info("fuse: %d frames in %.1f s (integration %.1f frames/s, depth at %dx%d), %d blocks (%d pre-sized) "
+                 "-> %s", len(table), t_end - t0, len(table) / max(t_save - t_integrate, 1e-9), *fused_wh, n_blocks,
+                 block_count, wd.tsdf)
 
     if not hand_over:
         save()
