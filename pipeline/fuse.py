@@ -15,8 +15,8 @@ Conventions:
   scene's median depth, and no fewer pixels than the LiDAR map has; point samples with K for their grid,
   `geometry.subsample_depth`): Open3D reads one depth pixel per voxel and frame, so pixels much finer than
   the voxel cost time. Colour is the RGB frame decoded at a reduced JPEG scale no smaller than half the depth
-  map's full size (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is resized to the
-  integrated depth size with nearest neighbour.
+  map's full size (`_read_colour`), with K_rgb scaled to that size; the LiDAR confidence map is resized to
+  (w, h) with nearest neighbour, and the depth is masked before it is subsampled.
 - Depth outside [depth_min_m, depth_max_m] and pixels with LiDAR confidence < min_confidence are
   dropped (set to 0), not clamped: clamping would fabricate surface at the bounds.
 - Open3D's extrinsic is world_to_camera = inverse(camera_to_world); camera axes are OpenCV already.
@@ -212,13 +212,13 @@ def prepare_frame(table: CaptureTable, i: int, depth_dir: Path, cfg: FuseConfig,
         depth_mm = read_depth_mm(depth_dir / f"{table.stem(i)}.png", "rerun `promptmesh depth WORKDIR --force`")
     h, w = depth_mm.shape
     rgb_wh = (int(table.width[i]), int(table.height[i]))
+    confidence = read_confidence(table, i, (w, h)) if cfg.min_confidence > 0 else None
+    depth_mm = mask_depth_mm(depth_mm, confidence, cfg)
     K_depth = scale_intrinsics(table.K_rgb[i], rgb_wh, (w, h))
     step = depth_step(cfg.voxel_size_m, scene_depth_m, K_depth[0, 0], cfg.depth_px_per_voxel,
                       max_step=w // int(table.lidar_width[i]))  # never fewer pixels than the LiDAR measured
-    if step > 1:
+    if step > 1:  # last: each kept pixel is masked as it would be at full size
         depth_mm, K_depth = subsample_depth(depth_mm, K_depth, step)
-    confidence = read_confidence(table, i, depth_mm.shape[::-1]) if cfg.min_confidence > 0 else None
-    depth_mm = mask_depth_mm(depth_mm, confidence, cfg)
     rgb = _read_colour(table.root / table.rgb_path[i], (w, h), rgb_wh)
     return PreparedFrame(
         index=i,
