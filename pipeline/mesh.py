@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -75,43 +76,70 @@ def canonical_order(mesh: MeshArrays) -> MeshArrays:
     Vertices equal in position (as float32, Open3D's precision) and colour are merged (marching cubes emits
     a few twice at block borders), then sorted by (x, y, z, r, g, b); each triangle is rotated to start at
     its smallest index (winding kept), triangles that lost an edge to the merge are dropped, and triangles
-    are sorted by their indices.
+    are sorted by their indices. The large sorts run on two threads, one half each, and the halves are merged.
     """
     xyz = mesh.vertices.astype(np.float32)
     rgb = mesh.colors.astype(np.uint64)
     key_xy = (_sortable_bits(xyz[:, 0]) << np.uint64(32)) | _sortable_bits(xyz[:, 1])
     key_zc = ((_sortable_bits(xyz[:, 2]) << np.uint64(24)) | (rgb[:, 0] << np.uint64(16)) | (rgb[:, 1] << np.uint64(8))
               | rgb[:, 2])
-    order = np.argsort(key_xy)  # by (x, y); then the runs of equal (x, y) by (z, r, g, b)
-    key_xy = key_xy[order]
-    tied = np.zeros(len(order), bool)
-    tied[1:] = key_xy[1:] == key_xy[:-1]
-    tied[:-1] |= tied[1:]
-    tied = np.flatnonzero(tied)
-    order[tied] = order[tied][np.lexsort((key_zc[order[tied]], key_xy[tied]))]
-    key_zc = key_zc[order]
-    first_of_kind = np.ones(len(order), bool)  # False where a vertex repeats the one before it
-    first_of_kind[1:] = (key_xy[1:] != key_xy[:-1]) | (key_zc[1:] != key_zc[:-1])
-    remap = np.empty(len(order), np.int32 if len(order) < 1 << 31 else np.int64)
-    remap[order] = np.cumsum(first_of_kind) - 1
-    a, b, c = (remap[mesh.triangles[:, k]] for k in range(3))
-    proper = (a != b) & (b != c) & (a != c)  # the others lost an edge to the merge
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mesh-order") as pool:
+        # by (x, y); then the runs of equal (x, y) by (z, r, g, b)
+        order = np.concatenate(list(pool.map(lambda half: np.argsort(key_xy[half]) + half.start, _halves(len(xyz)))))
+        order = order[np.argsort(key_xy[order], kind="stable")]  # merges the two sorted runs
+        key_xy = key_xy[order]
+        tied = np.zeros(len(order), bool)
+        tied[1:] = key_xy[1:] == key_xy[:-1]
+        tied[:-1] |= tied[1:]
+        tied = np.flatnonzero(tied)
+        order[tied] = order[tied][np.lexsort((key_zc[order[tied]], key_xy[tied]))]
+        key_zc = key_zc[order]
+        first_of_kind = np.ones(len(order), bool)  # False where a vertex repeats the one before it
+        first_of_kind[1:] = (key_xy[1:] != key_xy[:-1]) | (key_zc[1:] != key_zc[:-1])
+        keep = order[first_of_kind]
+        kept = pool.submit(lambda: (np.take(mesh.vertices, keep, axis=0), np.take(mesh.colors, keep, axis=0)))
+        remap = np.empty(len(order), np.int64)
+        remap[order] = np.cumsum(first_of_kind) - 1
+        if len(order) < 1 << 21:  # three indices fit in one int64 key: sort the keys, unpack them in place
+            key = np.concatenate(list(pool.map(lambda half: np.sort(_triangle_keys(mesh.triangles[half], remap)),
+                                               _halves(len(mesh.triangles)))))
+            key.sort(kind="stable")  # merges the two sorted runs
+            tri = np.empty((len(key), 3), np.int64)
+            np.right_shift(key, 42, out=tri[:, 0])
+            np.bitwise_and(np.right_shift(key, 21), (1 << 21) - 1, out=tri[:, 1])
+            np.bitwise_and(key, (1 << 21) - 1, out=tri[:, 2])
+        else:
+            tri = np.stack(_rotated_triangles(mesh.triangles, remap), 1)
+            tri = tri[np.lexsort(tri.T[::-1])]
+        vertices, colors = kept.result()
+    return MeshArrays(vertices, tri, colors)
+
+
+def _halves(n: int) -> tuple[slice, slice]:
+    return slice(0, n // 2), slice(n // 2, n)
+
+
+def _rotated_triangles(triangles: np.ndarray, remap: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The triangles with new vertex indices (remap[old]) as three columns, each triangle rotated to start at its
+    smallest index (winding kept); triangles left with a repeated index (an edge lost to the merge) dropped."""
+    a, b, c = (remap[triangles[:, k]] for k in range(3))
+    proper = (a != b) & (b != c) & (a != c)
     a, b, c = a[proper], b[proper], c[proper]
     a_leads = (a < b) & (a < c)  # the smallest index leads (indices are distinct now)
     b_leads = ~a_leads & (b < c)
-    tri = np.empty((len(a), 3), np.int64)
-    tri[:, 0] = np.where(a_leads, a, np.where(b_leads, b, c))
-    tri[:, 1] = np.where(a_leads, b, np.where(b_leads, c, a))
-    tri[:, 2] = np.where(a_leads, c, np.where(b_leads, a, b))
-    if len(order) < 1 << 21:  # three indices fit in one int64 key: sort the keys, unpack them in place
-        key = np.sort((tri[:, 0] << 42) | (tri[:, 1] << 21) | tri[:, 2])
-        np.right_shift(key, 42, out=tri[:, 0])
-        np.bitwise_and(np.right_shift(key, 21), (1 << 21) - 1, out=tri[:, 1])
-        np.bitwise_and(key, (1 << 21) - 1, out=tri[:, 2])
-    else:
-        tri = tri[np.lexsort(tri.T[::-1])]
-    keep = order[first_of_kind]
-    return MeshArrays(np.take(mesh.vertices, keep, axis=0), tri, np.take(mesh.colors, keep, axis=0))
+    return (np.where(a_leads, a, np.where(b_leads, b, c)), np.where(a_leads, b, np.where(b_leads, c, a)),
+            np.where(a_leads, c, np.where(b_leads, a, b)))
+
+
+def _triangle_keys(triangles: np.ndarray, remap: np.ndarray) -> np.ndarray:
+    """`_rotated_triangles` packed one int64 per triangle (indices < 2**21), first << 42 | second << 21 | third:
+    the keys' integer order is the triangles' lexicographic order."""
+    first, second, third = _rotated_triangles(triangles, remap)
+    first <<= 42
+    second <<= 21
+    first |= second
+    first |= third
+    return first
 
 
 def _sortable_bits(x: np.ndarray) -> np.ndarray:
@@ -130,17 +158,9 @@ def raycasting_scene(vertices: np.ndarray, triangles: np.ndarray):
     return scene
 
 
-def _keep_triangles(mesh: MeshArrays, keep: np.ndarray) -> MeshArrays:
-    """The mesh with only the triangles `keep` (bool mask) and the vertices they use."""
-    tri = mesh.triangles[keep]
-    used = np.zeros(len(mesh.vertices), bool)
-    used[tri.ravel()] = True
-    remap = np.cumsum(used) - 1  # increasing: vertex and triangle order are kept
-    return MeshArrays(mesh.vertices[used], remap[tri], mesh.colors[used])
-
-
 def remove_small_components(mesh: MeshArrays, min_triangles: int) -> tuple[MeshArrays, int]:
-    """Drop connected pieces (triangles sharing a vertex are connected) with < min_triangles triangles.
+    """Drop connected pieces (triangles sharing a vertex are connected) with < min_triangles triangles and the
+    vertices of those pieces; vertex and triangle order are kept.
 
     Returns (cleaned mesh, number of pieces removed). min_triangles <= 0 keeps everything.
     """
@@ -158,11 +178,19 @@ def remove_small_components(mesh: MeshArrays, min_triangles: int) -> tuple[MeshA
     row_starts = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(t[:, 0], minlength=n) * 2, out=row_starts[1:])
     graph = csr_matrix((np.ones(2 * len(t), np.int8), t[order, 1:].ravel(), row_starts), shape=(n, n))
-    _, vertex_label = connected_components(graph, directed=True, connection="weak")
-    tri_label = vertex_label[t[:, 0]]
-    tri_count = np.bincount(tri_label)
-    small = tri_count[tri_count > 0] < min_triangles
-    return _keep_triangles(mesh, tri_count[tri_label] >= min_triangles), int(small.sum())
+    n_pieces, vertex_label = connected_components(graph, directed=True, connection="weak")
+    piece_triangles = np.bincount(vertex_label[t[:, 0]], minlength=n_pieces)
+    n_removed = int(np.count_nonzero((piece_triangles > 0) & (piece_triangles < min_triangles)))
+    # a vertex is kept with its piece (a vertex no triangle uses is a piece of none, and goes)
+    kept_vertex = piece_triangles[vertex_label] >= min_triangles
+    kept_index = np.flatnonzero(kept_vertex)
+    remap = np.cumsum(kept_vertex) - 1  # increasing: vertex and triangle order are kept
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="mesh-pieces") as pool:
+        kept = pool.submit(lambda: (np.take(mesh.vertices, kept_index, axis=0),
+                                    np.take(mesh.colors, kept_index, axis=0)))
+        tri = np.concatenate(list(pool.map(lambda half: remap[t[half][kept_vertex[t[half, 0]]]], _halves(len(t)))))
+        vertices, colors = kept.result()
+    return MeshArrays(vertices, tri, colors), n_removed
 
 
 def decimate(mesh: MeshArrays, target_triangles: int) -> MeshArrays:
