@@ -7,6 +7,7 @@ itself, so a result never depends on whether the work was done ahead. Nothing he
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,19 @@ def in_thread(fn: Callable[[], Any], name: str) -> Future:
     future = pool.submit(fn)
     pool.shutdown(wait=False)  # the thread ends after this one task
     return future
+
+
+def preload(modules: Iterable[str], name: str) -> Future:
+    """Import `modules` on a new thread (named `name`) now, so that the stage importing them later finds them
+    loaded; an import that fails is left for that stage to meet and report."""
+    def load() -> None:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                log.debug("ahead: preloading %s failed", module)
+
+    return in_thread(load, name)
 
 
 def start(keys: Iterable[Hashable], inputs: Any, fn: Callable[[], Any], name: str) -> None:

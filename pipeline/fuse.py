@@ -23,11 +23,11 @@ Conventions:
   Its intrinsics get the principal point shifted by half a pixel (`open3d_intrinsics`).
 - Truncation = sdf_trunc_voxels * voxel_size_m.
 
-Before integrating, fusion chooses the voxel size, pre-sizes the grid and refines the poses. Refinement, the
-slow part, needs only the capture, so `promptmesh run` computes it on a thread while the depth stage runs
-(`refine_meanwhile`), and the stage sizes its grid while it waits for the result. After integrating, `run` can
-hand the grid to the mesh stage in memory and save the volume on a thread meanwhile (hand_to_mesh,
-`LiveGrid`). docs/benchmarks.md ("Overlap") measures both; the outputs are the same either way.
+Before integrating, fusion chooses the voxel size, pre-sizes the grid (`presize_grid`) and refines the poses.
+Both need only the capture, so `promptmesh run` does them on threads while the depth stage runs
+(`presize_meanwhile`, `refine_meanwhile`). After integrating, `run` can hand the grid to the mesh stage in
+memory, which saves the volume on a thread once it has extracted the surface (hand_to_mesh, `LiveGrid`).
+docs/benchmarks.md ("Overlap") measures each; the outputs are the same either way.
 
 Speed: frames are read and decoded (PNG/JPEG, resize, masking) by two background threads feeding a bounded,
 ordered queue, so that integration is the only limit (depth maps the depth stage kept in memory for this stage,
@@ -354,6 +354,54 @@ def _pack_block_keys(block: np.ndarray) -> np.ndarray:
     return (b[:, 0] << 42) | (b[:, 1] << 21) | b[:, 2]
 
 
+@dataclass
+class PresizedGrid:
+    """What fusion decides before integrating: the voxel (automatic or given) and an empty grid sized for it."""
+
+    cfg: FuseConfig
+    """The config with the voxel size (and truncation) chosen (`resolve_voxel_size`)."""
+    scene_depth_m: float
+    auto_depth_m: Optional[float]
+    """The scene depth the voxel was chosen for; None when it was given."""
+    block_count: int
+    """The grid's capacity (`estimate_block_count`)."""
+    device: object
+    """The Open3D device fusion runs on (`select_device`)."""
+    grid: object
+    """The empty VoxelBlockGrid (`new_grid`) on `device`."""
+
+
+def presize_grid(table: CaptureTable, cfg: FuseConfig) -> PresizedGrid:
+    """Choose the voxel from the capture's LiDAR depth, estimate the blocks at the capture's poses and allocate
+    the grid: needs only the capture, so `run` does it while the depth stage runs (`presize_meanwhile`)."""
+    depth_m = scene_depth_m(table)
+    cfg, auto_depth_m = resolve_voxel_size(cfg, depth_m)
+    block_count = estimate_block_count(table, cfg)
+    device = select_device(cfg.device)
+    return PresizedGrid(cfg, depth_m, auto_depth_m, block_count, device, new_grid(cfg, block_count, device))
+
+
+def _presize_inputs(cfg: FuseConfig) -> FuseConfig:
+    """The settings the grid is pre-sized ahead with and taken under: the config as given, less the confidence
+    mask (which the depth model's handoff may change after the work started, and which pre-sizing ignores)."""
+    return dataclasses.replace(cfg, min_confidence=0)
+
+
+def presize_meanwhile(workdir: WorkDirLike, cfg: FuseConfig) -> None:
+    """Start `presize_grid` on a thread now, for the next fuse stage on this work directory to take (its capture
+    must be ingested). The runner calls this after ingest, while depth runs."""
+    wd = WorkDir(workdir)
+    ahead.start([("fuse.presized", wd.fuse)], _presize_inputs(cfg),
+                lambda: presize_grid(CaptureTable.load(wd), cfg), name="fuse-presize")
+
+
+def _presized_grid(cfg: FuseConfig, table: CaptureTable, out: Path) -> tuple[PresizedGrid, bool]:
+    """(The grid pre-sized by `presize_meanwhile` with the same settings, or pre-sized now; whether it was
+    pre-sized ahead)."""
+    presized = ahead.take(("fuse.presized", out), _presize_inputs(cfg))
+    return (presized, True) if presized is not None else (presize_grid(table, cfg), False)
+
+
 # --------------------------------------------------------------------------- poses
 def _refine_inputs(cfg: FuseConfig) -> FuseConfig:
     """The settings pose refinement is started with ahead (`refine_meanwhile`) and taken under: the config as
@@ -389,15 +437,22 @@ def _refined_poses(cfg: FuseConfig, table: CaptureTable, out: Path) -> tuple[Opt
 
 @dataclass
 class LiveGrid:
-    """The grid fusion just integrated, handed to the mesh stage in memory (`run` with hand_to_mesh) while the
-    volume is saved on a thread. Its weights and colours are rounded as the saved volume stores them, so it
-    meshes exactly as the saved file does."""
+    """The grid fusion just integrated, handed to the mesh stage in memory (`run` with hand_to_mesh), which
+    starts the volume's save on a thread once it has extracted the surface. Its weights and colours are rounded
+    as the saved volume stores them, so it meshes exactly as the saved file does."""
 
     grid: object
     fingerprint: str
-    """The fuse manifest's fingerprint (written when `saved` completes)."""
-    saved: Future
-    """Completes (or raises) when tsdf.npz, poses.parquet and the manifest are written."""
+    """The fuse manifest's fingerprint (written when the save completes)."""
+    save: Callable[[], None]
+    """Writes tsdf.npz, poses.parquet and then the manifest."""
+    saved: Optional[Future] = None
+
+    def start_save(self) -> Future:
+        """`save` on a thread, started on the first call; completes (or raises) when the files are written."""
+        if self.saved is None:
+            self.saved = ahead.in_thread(self.save, name="fuse-save")
+        return self.saved
 
 
 def take_live_grid(workdir: WorkDirLike) -> Optional[LiveGrid]:
@@ -423,8 +478,9 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     by `refine_meanwhile` with the same settings are used instead of refining here.
 
     hand_to_mesh (CPU fusion only): return as soon as the frames are integrated, leaving the grid for the mesh
-    stage (`take_live_grid`) and saving the volume, the poses and then the manifest on a thread; the caller
-    must run `mesh.run` next, which waits for the save.
+    stage (`take_live_grid`) with the saving of the volume, the poses and then the manifest; the caller must run
+    `mesh.run` next, which saves them on a thread and waits for that (until then the stage is not done: its
+    manifest is not written).
     """
     wd = WorkDir(workdir)
     out = wd.fuse
@@ -441,18 +497,19 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
     stamp = fingerprint(STAGE, settings, [upstream])
     if not force and is_current(out, stamp, HANDOFF):
         ahead.discard(("fuse.refined", out))
+        ahead.discard(("fuse.presized", out))
         log.info("fuse: up to date (%s)", out)
         return out
 
     table = CaptureTable.load(wd)
-    device = select_device(cfg.device)
     t0 = time.perf_counter()
     invalidate(out)  # an interrupted rerun must not leave the old manifest vouching for new files
     given_cfg = cfg
-    depth_m = scene_depth_m(table)
-    cfg, auto_depth_m = resolve_voxel_size(cfg, depth_m)
-    block_count = estimate_block_count(table, cfg)  # while refinement may still run (at the capture's poses)
-    grid = new_grid(cfg, block_count, device)
+    presized, presized_ahead = _presized_grid(cfg, table, out)  # while refinement may still run
+    cfg, depth_m, auto_depth_m, block_count, device, grid = (
+        presized.cfg, presized.scene_depth_m, presized.auto_depth_m, presized.block_count, presized.device,
+        presized.grid)
+    del presized  # the grid's only holder is `grid` (the save thread may free it)
     t_refine = time.perf_counter()
     refined, refined_ahead = _refined_poses(given_cfg, table, out)
     camera_to_world = table.camera_to_world if refined is None else refined.camera_to_world
@@ -510,7 +567,8 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
                           "blocks_presized": block_count, "depth_fused_wh": list(fused_wh),
                           "valid_depth_pixels": n_valid_px, "device": str(device), "seconds": round(t_end - t0, 3),
                           "refine": refined.summary if refined is not None else None,
-                          "refined_ahead": refined_ahead, "depth_maps_from_memory": n_handed,
+                          "refined_ahead": refined_ahead, "presized_ahead": presized_ahead,
+                          "depth_maps_from_memory": n_handed,
                           "seconds_refine": refined.summary["seconds"] if refined is not None else 0.0,
                           "seconds_presize": round(t_refine - t0, 3),
                           "seconds_integrate": round(t_save - t_integrate, 3),
@@ -524,7 +582,7 @@ def run(cfg: FuseConfig, workdir: WorkDirLike, depth_model: str, force: bool = F
         save()
         return out
     round_as_saved(grid)
-    ahead.put(("fuse.live_grid", out), None, LiveGrid(grid, stamp, ahead.in_thread(save, name="fuse-save")))
+    ahead.put(("fuse.live_grid", out), None, LiveGrid(grid, stamp, save))
     return out
 
 

@@ -51,7 +51,14 @@ class MeshArrays:
 
 
 def extract(grid, weight_threshold: float) -> MeshArrays:
-    """Marching cubes on a fused VoxelBlockGrid over the voxels with weight >= weight_threshold.
+    """Marching cubes on a fused VoxelBlockGrid over the voxels with weight >= weight_threshold, in canonical
+    order (`marching_cubes`, then `canonical_order`)."""
+    return canonical_order(marching_cubes(grid, weight_threshold))
+
+
+def marching_cubes(grid, weight_threshold: float) -> MeshArrays:
+    """Open3D's marching cubes on a fused VoxelBlockGrid over the voxels with weight >= weight_threshold, in the
+    thread-dependent order Open3D makes them.
 
     Weights are observation counts (each frame adds 1). Open3D keeps voxels with weight *strictly above*
     its threshold, so `weight >= w` is asked as `> ceil(w) - 0.5`, and at least one observation is
@@ -63,11 +70,11 @@ def extract(grid, weight_threshold: float) -> MeshArrays:
     except RuntimeError as e:  # Open3D 0.20 fails to attach colours to an empty mesh
         log.debug("mesh: extraction found no surface (%s)", e)
         return MeshArrays(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
-    return canonical_order(MeshArrays(
+    return MeshArrays(
         vertices=m.vertex.positions.numpy().astype(np.float64),
         triangles=m.triangle.indices.numpy().astype(np.int64),
         colors=np.clip(np.rint(m.vertex.colors.numpy() * 255), 0, 255).astype(np.uint8),
-    ))
+    )
 
 
 def canonical_order(mesh: MeshArrays) -> MeshArrays:
@@ -292,12 +299,12 @@ def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path
     A grid that fusion handed over in memory (`fuse.run` with hand_to_mesh) is meshed instead of the saved
     volume (the same mesh), and its save is waited for before the mesh manifest is written."""
     wd = WorkDir(workdir)
-    live = take_live_grid(wd)  # the grid fusion just integrated, when it handed it over (its save still running)
+    live = take_live_grid(wd)  # the grid fusion just integrated, when it handed it over (its save not yet done)
     try:
         return _run(cfg, wd, force, live)
     finally:
         if live is not None:
-            live.saved.result()  # fusion's files and manifest are written (or its error raised) before we return
+            live.start_save().result()  # fusion's files and manifest are written (or its error raised) first
 
 
 def _run(cfg: MeshConfig, wd: WorkDir, force: bool, live: Optional[LiveGrid]) -> list[Path]:
@@ -327,11 +334,14 @@ def _run(cfg: MeshConfig, wd: WorkDir, force: bool, live: Optional[LiveGrid]) ->
     previous = Manifest.read(mdir)
     invalidate(mdir)
     if live is not None:
-        grid, live.grid = live.grid, None  # the save thread holds the grid until it is written
+        grid, live.grid = live.grid, None  # the save holds the grid until it is written
     else:
         grid = load_grid(wd)
-    mesh = extract(grid, cfg.weight_threshold)
+    mesh = marching_cubes(grid, cfg.weight_threshold)
     del grid
+    if live is not None:
+        live.start_save()  # now: Open3D's extraction had both cores, the steps below leave one idle at times
+    mesh = canonical_order(mesh)
     n_extracted = len(mesh.triangles)
     mesh, n_pieces_removed = remove_small_components(mesh, cfg.min_component_triangles)
     mesh = decimate(mesh, cfg.target_triangles)
@@ -347,7 +357,7 @@ def _run(cfg: MeshConfig, wd: WorkDir, force: bool, live: Optional[LiveGrid]) ->
             (mdir / rel).unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     if live is not None:
-        live.saved.result()  # the fuse manifest is written before this one, which names it as upstream
+        live.start_save().result()  # the fuse manifest is written before this one, which names it as upstream
     Manifest(STAGE, stamp, outputs=outputs, settings={"cfg": cfg},
              summary={"vertices": len(mesh.vertices), "triangles": len(mesh.triangles),
                       "triangles_extracted": n_extracted, "pieces_removed": n_pieces_removed,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from . import depth, evaluate, fuse, ingest, mesh
+from . import ahead, depth, evaluate, fuse, ingest, mesh
 from .artifacts import Manifest, WorkdirLock, atomic_write_json
 from .config import PipelineConfig
 from .errors import PromptmeshError
@@ -87,23 +87,39 @@ class ModelRun:
     """The fuse stage did work (was not up to date)."""
 
 
-OVERLAPS = ("refine_poses", "live_depth", "live_grid")
+OVERLAPS = ("preload", "refine_poses", "presize", "live_depth", "live_grid")
 """Work `run` overlaps with other stages (docs/benchmarks.md, "Overlap", measures each):
+- preload: PRELOADED_MODULES imported on a thread while ingest runs (`ahead.preload`);
 - refine_poses: fusion's pose refinement (from the LiDAR) on a thread while the depth stage runs
-  (`fuse.refine_meanwhile`; fusion sizes its grid while it waits for the result);
+  (`fuse.refine_meanwhile`);
+- presize: fusion's voxel choice and grid allocation on a thread while the depth stage runs
+  (`fuse.presize_meanwhile`);
 - live_depth: the depth maps also kept in memory for fusion, which then does not decode their PNGs
   (`depth.run` hand_to_fuse);
-- live_grid: the fused grid handed to the mesh stage in memory while the volume is saved on a thread
-  (`fuse.run` hand_to_mesh).
+- live_grid: the fused grid handed to the mesh stage in memory, which saves the volume on a thread once it
+  has extracted the surface (`fuse.run` hand_to_mesh).
 The outputs are the same with any of them off (tests/test_runner.py)."""
 
 
-def _refine_ahead(workdirs: list[WorkDir], cfg: PipelineConfig, force: bool, overlaps: tuple[str, ...]) -> None:
-    """With the refine_poses overlap, start fusion's pose refinement (`fuse.refine_meanwhile`) for those of
-    `workdirs` (one ingested capture) whose fusion is likely to run: forced, or no mesh there yet."""
-    likely = [wd for wd in workdirs if force or Manifest.read(wd.mesh_stage) is None]
+PRELOADED_MODULES = ("open3d", "scipy.spatial", "scipy.sparse.csgraph")
+"""What the stages after ingest import (Open3D: refinement, fusion, meshing; SciPy's KD-tree: refinement; its
+graph routines: meshing), ~1.5 s of imports that would otherwise hold up the refinement thread."""
+
+
+def _fusion_likely(workdir: WorkDir, force: bool) -> bool:
+    """Fusion is likely to run in `workdir`: forced, or no mesh there yet."""
+    return force or Manifest.read(workdir.mesh_stage) is None
+
+
+def _ahead_of_fusion(workdirs: list[WorkDir], cfg: PipelineConfig, force: bool, overlaps: tuple[str, ...]) -> None:
+    """Start what fusion needs from the capture alone, for those of `workdirs` (one ingested capture) whose fusion
+    is likely to run: pose refinement (refine_poses overlap) for all of them, the grid (presize overlap) for the
+    first, whose fusion runs next (a grid for each would hold memory for all)."""
+    likely = [wd for wd in workdirs if _fusion_likely(wd, force)]
     if "refine_poses" in overlaps and likely:
         fuse.refine_meanwhile(likely, cfg.fuse)
+    if "presize" in overlaps and likely:
+        fuse.presize_meanwhile(likely[0], cfg.fuse)
 
 
 def run_model(cfg: PipelineConfig, wd: WorkDir, model: str, gt_mesh: Optional[Path] = None, force: bool = False,
@@ -147,7 +163,7 @@ def run_models(cfg: PipelineConfig, wd: WorkDir, models: list[str], gt_mesh: Opt
         raise PromptmeshError(f"{wd.root}: no depth model could run ({skipped}); add lidar or guided to "
                               "--depth-models")
     if through_fusion:
-        _refine_ahead([wd.compare_model(m) for m in to_run], cfg, force, overlaps)
+        _ahead_of_fusion([wd.compare_model(m) for m in to_run], cfg, force, overlaps)
     runs = {}
     for model in to_run:
         log.info("depth model %s", model)
@@ -167,12 +183,14 @@ def run(cfg: PipelineConfig, capture: Path, workdir: WorkDirLike, gt_mesh: Optio
     assert not unknown, f"unknown overlaps {unknown}; known: {OVERLAPS}"
     timings: dict[str, float] = {}
     with WorkdirLock(workdir):
+        if "preload" in overlaps and _fusion_likely(workdir, force):
+            ahead.preload(PRELOADED_MODULES, name="preload")
         with _timed(timings, "ingest"):
             ingest.run(cfg.ingest, capture, workdir, force=force)
         ingest_summary = Manifest.read(workdir.capture).summary
         model = depth.resolve_model_name(cfg.depth)
         cfg = dataclasses.replace(cfg, depth=dataclasses.replace(cfg.depth, model=model))
-        _refine_ahead([workdir], cfg, force, overlaps)
+        _ahead_of_fusion([workdir], cfg, force, overlaps)
         done = run_model(cfg, workdir, model, gt_mesh, force, timings, overlaps=overlaps)
         refine_s = (Manifest.read(workdir.fuse).summary.get("seconds_refine")
                     if done.fuse_ran and cfg.fuse.refine_poses else None)

@@ -73,7 +73,7 @@ def work_done(monkeypatch):
 
     calls = {}
     for owner, name in ((ingest, "_write_frame"), (LidarResize, "predict"), (fuse, "integrate_frame"),
-                        (mesh, "extract"), (evaluate, "sampled_points")):
+                        (mesh, "marching_cubes"), (evaluate, "sampled_points")):
         real = getattr(owner, name)
 
         def counted(*args, _real=real, _name=name, **kwargs):
@@ -88,7 +88,7 @@ def test_run_matches_reference_loop_and_caches(capture, tmp_path, work_done):
     cfg = _cfg("lidar")
     wd = tmp_path / "wd"
     first = runner.run(cfg, capture["stray"], wd, gt_mesh=capture["gt_mesh"])
-    assert work_done == {"_write_frame": 16, "predict": 16, "integrate_frame": 16, "extract": 1, "sampled_points": 2}
+    assert work_done == {"_write_frame": 16, "predict": 16, "integrate_frame": 16, "marching_cubes": 1, "sampled_points": 2}
     gt = o3d.io.read_triangle_mesh(str(capture["gt_mesh"]))
     gt_pts = _points(np.asarray(gt.vertices), np.asarray(gt.triangles))
     ours = mesh_metrics(_mesh_points(WorkDir(wd).mesh("ply")), gt_pts, 0.05)
@@ -167,10 +167,10 @@ def test_overlaps_change_no_output(capture, tmp_path):
     runs = {name: WorkDir(tmp_path / name) for name in ("with", "without")}
     runner.run(cfg, capture["stray"], runs["with"].root, gt_mesh=capture["gt_mesh"])
     runner.run(cfg, capture["stray"], runs["without"].root, gt_mesh=capture["gt_mesh"], overlaps=())
-    taken = {name: (Manifest.read(wd.fuse).summary["refined_ahead"],
+    taken = {name: (Manifest.read(wd.fuse).summary["refined_ahead"], Manifest.read(wd.fuse).summary["presized_ahead"],
                     Manifest.read(wd.fuse).summary["depth_maps_from_memory"] == len(CaptureTable.load(wd)),
                     Manifest.read(wd.fuse).summary["saved_while_meshing"]) for name, wd in runs.items()}
-    assert taken == {"with": (True, True, True), "without": (False, False, False)}
+    assert taken == {"with": (True, True, True, True), "without": (False, False, False, False)}
     for rel in ("mesh.ply", "eval.json", "eval/curve.json", "fuse/tsdf.npz", "fuse/poses.parquet"):
         assert (runs["with"].root / rel).read_bytes() == (runs["without"].root / rel).read_bytes(), rel
 
