@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -56,9 +56,10 @@ def extract(grid, weight_threshold: float) -> MeshArrays:
     return canonical_order(marching_cubes(grid, weight_threshold))
 
 
-def marching_cubes(grid, weight_threshold: float) -> MeshArrays:
+def marching_cubes(grid, weight_threshold: float, grid_done: Callable[[], object] = lambda: None) -> MeshArrays:
     """Open3D's marching cubes on a fused VoxelBlockGrid over the voxels with weight >= weight_threshold, in the
-    thread-dependent order Open3D makes them.
+    thread-dependent order Open3D makes them. `grid_done` is called once Open3D has extracted the surface (the
+    grid is not read after that), before the arrays are converted.
 
     Weights are observation counts (each frame adds 1). Open3D keeps voxels with weight *strictly above*
     its threshold, so `weight >= w` is asked as `> ceil(w) - 0.5`, and at least one observation is
@@ -69,7 +70,9 @@ def marching_cubes(grid, weight_threshold: float) -> MeshArrays:
         m = grid.extract_triangle_mesh(weight_threshold=float(open3d_threshold)).cpu()
     except RuntimeError as e:  # Open3D 0.20 fails to attach colours to an empty mesh
         log.debug("mesh: extraction found no surface (%s)", e)
+        grid_done()
         return MeshArrays(np.zeros((0, 3)), np.zeros((0, 3), np.int64), np.zeros((0, 3), np.uint8))
+    grid_done()
     return MeshArrays(
         vertices=m.vertex.positions.numpy().astype(np.float64),
         triangles=m.triangle.indices.numpy().astype(np.int64),
@@ -337,10 +340,9 @@ def _run(cfg: MeshConfig, wd: WorkDir, force: bool, live: Optional[LiveGrid]) ->
         grid, live.grid = live.grid, None  # the save holds the grid until it is written
     else:
         grid = load_grid(wd)
-    mesh = marching_cubes(grid, cfg.weight_threshold)
+    # the volume's save starts once Open3D's extraction (two threads) is done: the steps after it leave a core idle
+    mesh = marching_cubes(grid, cfg.weight_threshold, grid_done=live.start_save if live is not None else lambda: None)
     del grid
-    if live is not None:
-        live.start_save()  # now: Open3D's extraction had both cores, the steps below leave one idle at times
     mesh = canonical_order(mesh)
     n_extracted = len(mesh.triangles)
     mesh, n_pieces_removed = remove_small_components(mesh, cfg.min_component_triangles)
