@@ -93,3 +93,16 @@ def test_ahead_shares_one_computation_between_keys():
     calls = []
     ahead.start(["a", "b"], 1, lambda: calls.append(1) or "plan", name="t-ahead")
     assert (ahead.take("a", 1), ahead.take("b", 1), calls) == ("plan", "plan", [1])
+
+
+def test_preload_imports_on_a_thread_and_leaves_failures_to_the_stage(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "promptmesh_preload_probe.py").write_text(
+        "import threading\nimported_on = threading.current_thread().name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "promptmesh_preload_probe", raising=False)
+    done = ahead.preload(["promptmesh_no_such_module", "promptmesh_preload_probe"], name="t-preload")
+    assert done.result(timeout=30) is None  # the missing module does not stop the others, nor raise
+    assert sys.modules["promptmesh_preload_probe"].imported_on.startswith("t-preload")
+    assert "promptmesh_no_such_module" not in sys.modules
