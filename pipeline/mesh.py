@@ -300,7 +300,8 @@ def run(cfg: MeshConfig, workdir: WorkDirLike, force: bool = False) -> list[Path
     mesh.ply is always written. Asking for another format of an up-to-date mesh adds that file and keeps the
     others; only a changed mesh (settings or upstream) removes the files of the old one it does not rewrite.
     A grid that fusion handed over in memory (`fuse.run` with hand_to_mesh) is meshed instead of the saved
-    volume (the same mesh), and its save is waited for before the mesh manifest is written."""
+    volume (the same mesh); its save (`LiveGrid.start_save`) starts once Open3D has extracted the surface and is
+    waited for before the mesh manifest is written."""
     wd = WorkDir(workdir)
     live = take_live_grid(wd)  # the grid fusion just integrated, when it handed it over (its save not yet done)
     try:
