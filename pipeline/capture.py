@@ -100,6 +100,13 @@ class CaptureSource:
     """frame_index -> (H',W') float32 GT depth in metres (0 invalid) for datasets/synthetic captures."""
 
 
+def read_parquet(path: Path, columns: Optional[list[str]] = None) -> pa.Table:
+    """One Parquet file as a table. Through `pq.ParquetFile`: `pq.read_table` imports pyarrow.dataset
+    (~0.1-0.2 s, under the import lock, in each thread of `run` that loads the capture first)."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
+
+
 @dataclass
 class CaptureTable:
     """The normalised capture on disk (WORKDIR/capture/frames.parquet), loaded as columns."""
@@ -139,7 +146,7 @@ class CaptureTable:
         if not path.exists():
             raise PromptmeshError(f"{path}: not found; run `promptmesh ingest CAPTURE -o WORKDIR` first")
         try:
-            t = pq.read_table(path)
+            t = read_parquet(path)
         except Exception as e:  # pyarrow raises several types for corrupt files
             raise PromptmeshError(f"{path}: unreadable ({e}); delete WORKDIR/capture and rerun ingest") from None
         missing = set(FRAMES_SCHEMA.names) - set(t.column_names)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .artifacts import atomic_output
-from .capture import CaptureTable
+from .capture import CaptureTable, read_parquet
 from .errors import PromptmeshError
 from .workdir import WorkDir, WorkDirLike
 
@@ -51,7 +51,7 @@ def read_poses(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(frame_index (N,) int64, camera_to_world (N,4,4) float64) from a poses.parquet."""
     path = Path(path)
     try:
-        t = pq.read_table(path, columns=["frame_index", "camera_to_world"])
+        t = read_parquet(path, columns=["frame_index", "camera_to_world"])
     except Exception as e:  # pyarrow raises several types for corrupt files
         raise PromptmeshError(f"{path}: unreadable ({e}); rerun `promptmesh fuse WORKDIR --force`") from None
     frame_index = np.asarray(t.column("frame_index").to_pylist(), np.int64)
