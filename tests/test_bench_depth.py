@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from bench_depth import (BenchFrame, _skip_reason, bench, filled_promptda, markdown_table, measure,
-                         update_doc)
+from bench_depth import (BenchFrame, _skip_reason, bench, filled_promptda, load_frame, markdown_table, measure,
+                         save_frame, update_doc)
 from bench_prompt_holes import holes_table, measure_prompt_holes
 
 
@@ -106,3 +106,16 @@ def test_prompt_holes_stretch_the_raw_range_and_filling_keeps_it(vits):
     assert len(lines) == 2 + 2 + 1 and lines[-1].startswith("| **mean** |")
     assert lines[2].split(" | ")[2:4] == ["0.00–3.00", f"{valid_min:.2f}–3.00"]
     assert lines[-1].split(" | ")[1] == f"{100 * (10 / 768) / 2:.1f} %"
+
+
+def test_saved_frame_reads_back_exactly(tmp_path):
+    """--save-frame / --frame (the input carried to a machine without Open3D): RGB, LiDAR and confidence exact,
+    the GT left out; a frame without confidence stays without."""
+    frame = tiny_frame()
+    back = load_frame(save_frame(frame, tmp_path / "sub" / "frame.npz"))
+    for name in ("rgb", "lidar_depth_m", "confidence"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(frame, name))
+        assert getattr(back, name).dtype == getattr(frame, name).dtype
+    assert back.gt_depth_m is None
+    bare = BenchFrame(frame.rgb, frame.lidar_depth_m)
+    assert load_frame(save_frame(bare, tmp_path / "bare.npz")).confidence is None

@@ -4,6 +4,7 @@
     python tools/bench_depth.py                          # lidar, guided, promptda-vits/-vitl at 756x1008,
                                                          # 1440x1920 and 2160x3840 (H x W) into docs/benchmarks.md
     python tools/bench_depth.py --models lidar,promptda-vits --sizes 756x1008 --repeats 5 --device cuda
+    python tools/bench_depth.py --save-frame F.npz   # then --frame F.npz where Open3D is missing (tools/device_bench.sh)
 
 Input: one frame of the hard synthetic room (`make_synthetic_capture.make_capture`, 640x480, LiDAR 256x192),
 its RGB resized to each size (H x W) and its LiDAR depth (nearest) to 256 px wide at the same aspect. A row
@@ -103,6 +104,22 @@ def hard_frames(out_dir: Path, n_frames: int, width: int = CAPTURE_WH[0], height
         conf = f.load_confidence() if f.load_confidence is not None else None
         frames.append(BenchFrame(f.load_rgb(), f.load_depth_m(), conf, gt))
     return frames
+
+
+def save_frame(frame: BenchFrame, path: Path) -> Path:
+    """Write a frame's RGB, LiDAR depth and confidence (not its GT) as an npz that `load_frame` reads."""
+    arrays = {"rgb": frame.rgb, "lidar_depth_m": frame.lidar_depth_m}
+    if frame.confidence is not None:
+        arrays["confidence"] = frame.confidence
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **arrays)
+    return Path(path)
+
+
+def load_frame(path: Path) -> BenchFrame:
+    """The frame `save_frame` wrote."""
+    with np.load(path) as z:
+        return BenchFrame(z["rgb"], z["lidar_depth_m"], z["confidence"] if "confidence" in z else None)
 
 
 def frame_at_size(frame: BenchFrame, out_hw: tuple[int, int]) -> BenchFrame:
@@ -249,8 +266,7 @@ def _measure_in_subprocess(name: str, out_hw: Sequence[int], frame_file: Path, r
 
 def _worker(job_json: str, result_path: str) -> int:
     job = json.loads(job_json)
-    with np.load(job["frame_file"]) as z:
-        frame = BenchFrame(z["rgb"], z["lidar_depth_m"], z["confidence"] if "confidence" in z else None)
+    frame = load_frame(Path(job["frame_file"]))
     row = measure(job["model"], frame, tuple(job["size_hw"]), job["repeats"], job["device"], job["max_seconds"],
                   Path(job["fill_dir"]))
     atomic_write_text(Path(result_path), json.dumps(row))
@@ -269,11 +285,7 @@ def bench(models: Sequence[str] = MODELS, sizes_hw: Sequence[tuple[int, int]] = 
         tmp = Path(tmp)
         if frame is None:
             frame = hard_frames(tmp / "capture", n_frames=1)[0]
-        frame_file = tmp / "frame.npz"
-        arrays = {"rgb": frame.rgb, "lidar_depth_m": frame.lidar_depth_m}
-        if frame.confidence is not None:
-            arrays["confidence"] = frame.confidence
-        np.savez(frame_file, **arrays)
+        frame_file = save_frame(frame, tmp / "frame.npz")
         for name in models:
             previous: Optional[dict] = None
             for out_hw in sorted(sizes_hw, key=lambda hw: hw[0] * hw[1]):
@@ -459,8 +471,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--fill-dir", type=Path, default=FILL_DIR, help="folder with fill.py and keys_<variant>.json")
     ap.add_argument("--out", type=Path, default=DOC, help="Markdown file to update (default docs/benchmarks.md); "
                     "'-' prints only")
+    ap.add_argument("--frame", type=Path, help="read the input frame from this npz (written by --save-frame) "
+                    "instead of rendering it (rendering needs Open3D)")
+    ap.add_argument("--save-frame", type=Path, help="only render the input frame and write it to this npz")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s", datefmt="%H:%M:%S")
+    if args.save_frame is not None:
+        with tempfile.TemporaryDirectory(prefix="bench_depth_") as tmp:
+            log.info("wrote %s", save_frame(hard_frames(Path(tmp) / "capture", n_frames=1)[0], args.save_frame))
+        return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in DEPTH_MODELS]
     if unknown or args.repeats < 1:
@@ -471,7 +490,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         info = machine()
-        rows = bench(models, sizes, args.repeats, device, args.max_seconds, fill_dir=args.fill_dir)
+        frame = load_frame(args.frame) if args.frame is not None else None
+        rows = bench(models, sizes, args.repeats, device, args.max_seconds, frame=frame, fill_dir=args.fill_dir)
     except PromptmeshError as e:
         log.error("%s", e)
         return 1
