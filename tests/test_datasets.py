@@ -4,6 +4,9 @@ Every convention is checked against geometry, not against the fixture writer's c
 back-projected with the pose and K a reader returns must land on the ground-truth surface. A negative
 control shows that the same check fails by decimetres when a pose is read the other way round.
 """
+import re
+
+import cv2
 import numpy as np
 import open3d as o3d
 import pytest
@@ -126,6 +129,32 @@ def test_scannetpp_video_frames_match_the_extracted_jpegs(snpp, tmp_path):
         assert np.abs(rgb - from_jpeg[i].load_rgb()).mean() < 3.0  # lossless video vs quality-95 JPEG
         other = from_jpeg[(i + 1) % len(from_jpeg)].load_rgb()
         assert np.abs(rgb - other).mean() > 10.0  # and the frame order is right
+        np.testing.assert_array_equal(f.load_bgr(), f.load_rgb()[..., ::-1])  # OpenCV's order, for ingest's JPEG
+    in_order = [f.load_rgb() for f in from_video]
+    backwards = list(ScanNetPPReader().open(scene).frames())
+    for i in reversed(range(len(backwards))):  # decoded on demand: an earlier frame reopens the video
+        np.testing.assert_array_equal(backwards[i].load_rgb(), in_order[i])
+
+
+def test_scannetpp_video_cut_short_names_the_video_and_frame(snpp, tmp_path):
+    _, plain, _ = snpp
+    import shutil
+
+    scene = tmp_path / plain.scene_dir.name
+    shutil.copytree(plain.scene_dir, scene, ignore=shutil.ignore_patterns("rgb"))
+    video = scene / "iphone" / "rgb.mkv"
+    frames = list(ScanNetPPReader().open(scene).frames())
+    cap = cv2.VideoCapture(str(video))
+    kept = [cap.read()[1] for _ in range(frames[1].frame_index + 1)]
+    cap.release()
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 60, (320, 240))
+    for bgr in kept:  # the video now ends with the second posed frame
+        writer.write(bgr)
+    writer.release()
+    frames = list(ScanNetPPReader().open(scene).frames())
+    assert frames[1].load_rgb().shape == (240, 320, 3)
+    with pytest.raises(PromptmeshError, match=rf"{re.escape(str(video))}: no decodable video frame {frames[2].frame_index}"):
+        frames[2].load_rgb()
 
 
 def test_scannetpp_distorted_colmap_camera_is_undistorted_consistently(snpp):

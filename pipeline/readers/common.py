@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import cv2
 import numpy as np
@@ -120,3 +121,56 @@ def clean_depth_m(depth_m: np.ndarray) -> np.ndarray:
     d = np.nan_to_num(np.asarray(depth_m, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     d[d < 0] = 0.0
     return d
+
+
+class VideoCursor:
+    """Sequential decoder of a video: frame i is reached by decoding 0..i-1 first (grabbed, not converted to an
+    image); the last frame read is cached.
+
+    Asking for an earlier frame than the cursor reopens the video (correct, but slow). `listed` says why frame i
+    should exist, for the error when it does not ("odometry.csv lists it").
+    """
+
+    def __init__(self, path: Path, size: tuple[int, int], listed: str):
+        self.path = path
+        self.size = size
+        self.listed = listed
+        self.cap: Optional[cv2.VideoCapture] = None
+        self.next_index = 0
+        self.last: tuple[int, Optional[np.ndarray]] = (-1, None)
+        self.lock = threading.Lock()
+
+    def _reopen(self) -> None:
+        self.close()
+        self.cap = cv2.VideoCapture(str(self.path))
+        self.next_index = 0
+        if not self.cap.isOpened():
+            raise PromptmeshError(f"{self.path}: cannot open the video; check that the file is complete")
+
+    def read(self, index: int) -> np.ndarray:
+        """Frame `index` as (H, W, 3) uint8 BGR, OpenCV's order (the last one read is kept: do not modify it)."""
+        with self.lock:
+            if self.last[0] == index:
+                return self.last[1]
+            if self.cap is None or index < self.next_index:
+                self._reopen()
+            while self.next_index < index:
+                if not self.cap.grab():
+                    break
+                self.next_index += 1
+            ok, bgr = self.cap.read() if self.next_index == index else (False, None)
+            if not ok:
+                raise PromptmeshError(f"{self.path}: no decodable video frame {index}, though {self.listed} (the video "
+                                      "is cut short or damaged)")
+            self.next_index += 1
+            if bgr.shape[1::-1] != self.size:
+                raise PromptmeshError(f"{self.path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
+                                      f"{self.size[0]}x{self.size[1]}")
+            self.last = (index, bgr)
+            return bgr
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+        self.last = (-1, None)

@@ -53,7 +53,7 @@ from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
 from ..geometry import intrinsics_matrix, quaternion_to_matrix, scale_intrinsics
 from .. import images
-from .common import clean_depth_m, jpeg_size, load_json, read_bytes, read_depth_png_m, read_jpeg_rgb
+from .common import VideoCursor, clean_depth_m, jpeg_size, load_json, read_bytes, read_depth_png_m, read_jpeg_rgb
 
 log = logging.getLogger(__name__)
 
@@ -414,26 +414,35 @@ class ScanNetPPReader:
         rgb_dir = iphone / "rgb"
         from_video = not (rgb_dir.is_dir() and any(rgb_dir.glob("frame_*.jpg"))) and all(
             p.rgb_path is None for p in poses.values())
-        video_frames = _video_frames(iphone / "rgb.mkv", set(poses)) if from_video else None
+        # video frames are decoded when asked for, in order (`VideoCursor`): the frames ingest does not keep are
+        # grabbed, never converted to images
+        video = VideoCursor(iphone / "rgb.mkv", rgb_size, "the scene has a pose for it") if from_video else None
         depth_stream = enumerate(depth_bin.stream()) if depth_bin.kind == "stream" else None
-        for index, pose in poses.items():
-            jpeg = pose.rgb_path or rgb_dir / f"frame_{index:06d}.jpg"
-            if video_frames is not None:
-                rgb_now = next(video_frames)[1]
-                load_rgb = _checked_rgb(rgb_now, f"{iphone / 'rgb.mkv'} frame {index}", pose.undistort)
-            else:
-                load_rgb = _jpeg_loader(jpeg, pose.undistort)
-            if depth_stream is not None:
-                depth_now = _advance(depth_stream, index)
-                load_depth = _checked_depth(depth_now, f"{depth_bin.path} frame {index}", pose.undistort)
-            else:
-                load_depth = _record_loader(depth_bin, index, pose.undistort)
-            yield SourceFrame(
-                frame_index=index, timestamp_s=timestamps.get(index, index / VIDEO_FPS),
-                camera_to_world=pose.camera_to_world, K_rgb=pose.K_rgb, rgb_size=rgb_size,
-                load_rgb=load_rgb, load_depth_m=load_depth,
-                rgb_jpeg_path=jpeg if video_frames is None and pose.undistort is None else None,
-                source_name=f"{scene.name}/frame_{index:06d}")
+        try:
+            for index, pose in poses.items():
+                jpeg = pose.rgb_path or rgb_dir / f"frame_{index:06d}.jpg"
+                if video is not None:
+                    load_bgr = _video_loader(video, index, pose.undistort)
+                    load_rgb = lambda b=load_bgr: cv2.cvtColor(b(), cv2.COLOR_BGR2RGB)
+                else:
+                    load_bgr, load_rgb = None, _jpeg_loader(jpeg, pose.undistort)
+                if depth_stream is not None:
+                    depth_now = _advance(depth_stream, index)
+                    load_depth = _checked_depth(depth_now, f"{depth_bin.path} frame {index}", pose.undistort)
+                else:
+                    load_depth = _record_loader(depth_bin, index, pose.undistort)
+                yield SourceFrame(
+                    frame_index=index, timestamp_s=timestamps.get(index, index / VIDEO_FPS),
+                    camera_to_world=pose.camera_to_world, K_rgb=pose.K_rgb, rgb_size=rgb_size,
+                    load_rgb=load_rgb, load_bgr=load_bgr, load_depth_m=load_depth,
+                    rgb_jpeg_path=jpeg if video is None and pose.undistort is None else None,
+                    source_name=f"{scene.name}/frame_{index:06d}")
+        except GeneratorExit:  # stopped early: nothing more will be read
+            if video is not None:
+                video.close()
+            raise
+        # exhausted: the consumer may still load the frames it holds (as in the Stray reader); the decoder is
+        # released with the last frame that refers to it
 
 
 def _video_size(video: Path) -> tuple[int, int]:
@@ -446,26 +455,6 @@ def _video_size(video: Path) -> tuple[int, int]:
         cap.release()
 
 
-def _video_frames(video: Path, wanted: set[int]) -> Iterator[tuple[int, Optional[np.ndarray]]]:
-    """(index, RGB or None past the end) for each wanted frame in order; others are grabbed, not converted."""
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise PromptmeshError(f"{video}: cannot open the video; check the file or extract rgb/ with the toolkit")
-    try:
-        index, ok = 0, True
-        for target in sorted(wanted):
-            while ok and index < target:
-                ok = cap.grab()
-                index += 1
-            bgr = None
-            if ok:
-                ok, bgr = cap.read()
-                index += 1
-            yield target, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if ok else None
-    finally:
-        cap.release()
-
-
 def _advance(stream: Iterator[tuple[int, np.ndarray]], index: int) -> Optional[np.ndarray]:
     """Next frame `index` of an in-order (i, depth) stream; None when the stream ended before it."""
     for i, depth in stream:
@@ -474,11 +463,12 @@ def _advance(stream: Iterator[tuple[int, np.ndarray]], index: int) -> Optional[n
     return None
 
 
-def _checked_rgb(rgb: Optional[np.ndarray], name: str, und: Optional[Undistorter]) -> Callable[[], np.ndarray]:
+def _video_loader(video: VideoCursor, index: int, und: Optional[Undistorter]) -> Callable[[], np.ndarray]:
+    """Frame `index` of the video, BGR (OpenCV's order), undistorted when the camera needs it; do not modify it
+    (without undistortion it is the cursor's cached frame)."""
     def load() -> np.ndarray:
-        if rgb is None:
-            raise PromptmeshError(f"{name}: the video ends before this frame; re-download rgb.mkv")
-        return und(rgb, nearest=False) if und is not None else rgb
+        bgr = video.read(index)
+        return und(bgr, nearest=False) if und is not None else bgr
     return load
 
 

@@ -24,7 +24,6 @@ decoding and ingest's in-order calls decode each frame once.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -35,7 +34,7 @@ import numpy as np
 from ..capture import CaptureSource, SourceFrame
 from ..errors import PromptmeshError
 from .. import images
-from .common import png_size, pose_or_nan, read_depth_png_m, read_uint8_png
+from .common import VideoCursor, png_size, pose_or_nan, read_depth_png_m, read_uint8_png
 
 log = logging.getLogger(__name__)
 
@@ -53,56 +52,6 @@ class _Row:
     timestamp_s: float
     camera_to_world: np.ndarray
     depth_path: Path
-
-
-class _VideoCursor:
-    """Sequential decoder of a video: frame i is reached by decoding 0..i-1 first; the last frame is cached.
-
-    Asking for an earlier frame than the cursor reopens the video (correct, but slow).
-    """
-
-    def __init__(self, path: Path, size: tuple[int, int]):
-        self.path = path
-        self.size = size
-        self.cap: Optional[cv2.VideoCapture] = None
-        self.next_index = 0
-        self.last: tuple[int, Optional[np.ndarray]] = (-1, None)
-        self.lock = threading.Lock()
-
-    def _reopen(self) -> None:
-        self.close()
-        self.cap = cv2.VideoCapture(str(self.path))
-        self.next_index = 0
-        if not self.cap.isOpened():
-            raise PromptmeshError(f"{self.path}: cannot open the video; check that the file is complete")
-
-    def read(self, index: int) -> np.ndarray:
-        """Frame `index` as (H, W, 3) uint8 BGR, OpenCV's order (the last one read is kept: do not modify it)."""
-        with self.lock:
-            if self.last[0] == index:
-                return self.last[1]
-            if self.cap is None or index < self.next_index:
-                self._reopen()
-            while self.next_index < index:
-                if not self.cap.grab():
-                    break
-                self.next_index += 1
-            ok, bgr = self.cap.read() if self.next_index == index else (False, None)
-            if not ok:
-                raise PromptmeshError(f"{self.path}: no decodable video frame {index}, which odometry.csv lists (the "
-                                      "video is cut short or damaged)")
-            self.next_index += 1
-            if bgr.shape[1::-1] != self.size:
-                raise PromptmeshError(f"{self.path}: frame {index} is {bgr.shape[1]}x{bgr.shape[0]}, expected "
-                                      f"{self.size[0]}x{self.size[1]}")
-            self.last = (index, bgr)
-            return bgr
-
-    def close(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-            self.cap = None
-        self.last = (-1, None)
 
 
 def _read_camera_matrix(path: Path) -> np.ndarray:
@@ -250,7 +199,7 @@ class StrayReader:
         gt_dir = path / "gt_depth"
 
         def frames() -> Iterator[SourceFrame]:
-            video = _VideoCursor(video_path, rgb_size)
+            video = VideoCursor(video_path, rgb_size, "odometry.csv lists it")
             try:
                 for r in rows:
                     conf_path = conf_dir / f"{r.frame:06d}.png"
