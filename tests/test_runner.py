@@ -167,9 +167,12 @@ def test_overlaps_change_no_output(capture, tmp_path):
     runs = {name: WorkDir(tmp_path / name) for name in ("with", "without")}
     runner.run(cfg, capture["stray"], runs["with"].root, gt_mesh=capture["gt_mesh"])
     runner.run(cfg, capture["stray"], runs["without"].root, gt_mesh=capture["gt_mesh"], overlaps=())
-    taken = {name: (Manifest.read(wd.fuse).summary["refined_ahead"], Manifest.read(wd.fuse).summary["presized_ahead"],
-                    Manifest.read(wd.fuse).summary["depth_maps_from_memory"] == len(CaptureTable.load(wd)),
-                    Manifest.read(wd.fuse).summary["saved_while_meshing"]) for name, wd in runs.items()}
+    def overlaps_taken(wd: WorkDir) -> tuple[bool, bool, bool, bool]:
+        s = Manifest.read(wd.fuse).summary
+        return (s["refined_ahead"], s["presized_ahead"], s["depth_maps_from_memory"] == len(CaptureTable.load(wd)),
+                s["saved_while_meshing"])
+
+    taken = {name: overlaps_taken(wd) for name, wd in runs.items()}
     assert taken == {"with": (True, True, True, True), "without": (False, False, False, False)}
     for rel in ("mesh.ply", "eval.json", "eval/curve.json", "fuse/tsdf.npz", "fuse/poses.parquet"):
         assert (runs["with"].root / rel).read_bytes() == (runs["without"].root / rel).read_bytes(), rel
