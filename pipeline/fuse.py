@@ -10,7 +10,7 @@ float depth in Open3D 0.20, so it is not used.)
 
 Conventions:
 - Depth maps are uint16 millimetres, 0 = invalid, any size (w, h) with the RGB aspect, with K_rgb scaled by
-  (w/W, h/H) (pixel-edge convention, `geometry.scale_intrinsics`). Each frame is integrated at every n-th
+  (w/W, h/H) (`geometry.scale_intrinsics`: depth pixel (x, y) sees RGB pixel (x W/w, y H/h)). Each frame is integrated at every n-th
   pixel of its map (`depth_step`: the largest n that leaves depth_px_per_voxel pixels per voxel edge at the
   scene's median depth, and no fewer pixels than the LiDAR map has; point samples with K for their grid,
   `geometry.subsample_depth`): Open3D reads one depth pixel per voxel and frame, so pixels much finer than

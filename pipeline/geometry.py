@@ -88,10 +88,12 @@ def intrinsics_matrix(fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
 
 
 def scale_intrinsics(K: np.ndarray, from_wh: tuple[int, int], to_wh: tuple[int, int]) -> np.ndarray:
-    """K at image size `from_wh` -> K at `to_wh` (pixels scale by W'/W and H'/H).
+    """K at image size `from_wh` -> K at `to_wh`: fx' = fx W'/W, cx' = cx W'/W (likewise y).
 
-    Uses the pixel-edge convention (image spans [0, W]), i.e. fx' = fx * W'/W and cx' = cx * W'/W,
-    which is what ARKit and the capture apps assume when they report K at RGB size for the LiDAR map.
+    With pixel centres at integer coordinates, pixel (x', y') at `to_wh` sees the ray of pixel (x' W/W', y' H/H')
+    at `from_wh`. That is where an iPhone's LiDAR map looks (K is reported at RGB size): on the real samples its
+    depth edges meet the RGB edges at this mapping (+0.5 RGB pixels), not at the area-aligned one of OpenCV's
+    `resize` (+3.25 from 256 to 1920); tests/test_lidar_alignment.py. Depth models' outputs follow it too.
     """
     sx = to_wh[0] / from_wh[0]
     sy = to_wh[1] / from_wh[1]

@@ -150,7 +150,8 @@ def test_images_depth_and_point_cloud_beside_transforms(tmp_path):
         assert (folder / frame["file_path"]).read_bytes() == (wd.capture / "rgb" / f"{k:06d}.jpg").read_bytes()
         small = cv2.imread(str(wd.depth("guided") / f"{k:06d}.png"), cv2.IMREAD_UNCHANGED)
         full = cv2.imread(str(folder / frame["depth_file_path"]), cv2.IMREAD_UNCHANGED)
-        np.testing.assert_array_equal(full, np.repeat(np.repeat(small, 2, 0), 2, 1))  # nearest, by pixel centres
+        np.testing.assert_array_equal(full, depth_at_image_size(small, 64, 48))
+        np.testing.assert_array_equal(full[::2, ::2], small)  # pixel (2x, 2y) sees depth pixel (x, y)
     cloud = o3d.io.read_point_cloud(str(folder / meta["ply_file_path"]))
     assert len(cloud.points) == 5 and np.allclose(np.asarray(cloud.colors), 200 / 255)
     corners = np.asarray(room().vertices)
@@ -159,8 +160,12 @@ def test_images_depth_and_point_cloud_beside_transforms(tmp_path):
 
 def test_depth_at_image_size_keeps_holes_unblended():
     depth_mm = np.array([[0, 1000], [2000, 65535]], np.uint16)
+    # output (x, y) takes the depth at (x / 3, y / 2), the nearest pixel's across edges and holes
     up = depth_at_image_size(depth_mm, 6, 4)
-    np.testing.assert_array_equal(up, [[0, 0, 0, 1000, 1000, 1000]] * 2 + [[2000, 2000, 2000, 65535, 65535, 65535]] * 2)
+    np.testing.assert_array_equal(up, [[0, 0, 1000, 1000, 1000, 1000]] + [[2000, 2000, 65535, 65535, 65535, 65535]] * 3)
+    # on a smooth surface, the bilinear depth: x / 3 = 0, 1/3, 2/3, 1, ... between 1000 and 1010
+    ramp = depth_at_image_size(np.array([[1000, 1010]] * 2, np.uint16), 6, 2)
+    np.testing.assert_array_equal(ramp[0], [1000, 1003, 1007, 1010, 1010, 1010])
     assert depth_at_image_size(depth_mm, 2, 2) is depth_mm
 
 

@@ -1,9 +1,10 @@
 """Classical depth models: `lidar` (the LiDAR map resized, the paper's baseline) and `guided`.
 
 Both take the low-resolution LiDAR depth (h, w) in metres (0 = no return) and return depth at the output
-size (H', W') in metres, 0 = invalid. Pixel centres follow OpenCV's half-pixel convention, so output pixel
-(x', y') sits at LiDAR coordinate ((x' + 0.5) w / W' - 0.5, (y' + 0.5) h / H' - 0.5), matching
-`geometry.scale_intrinsics`.
+size (H', W') in metres, 0 = invalid. Output pixel (x', y') sits at LiDAR coordinate (x' w / W', y' h / H')
+(pixel centres at integer coordinates), the mapping of `geometry.scale_intrinsics`, with which fusion
+back-projects the output; OpenCV's `resize` would put it at ((x' + 0.5) w / W' - 0.5, ...), 0.37 LiDAR
+pixels (1.4 pixels at 960x720) off that.
 
 `lidar`: bilinear resize as a normalised convolution. Plain bilinear mixing with the zeros of pixels
 without a return would make bogus depths between 0 and the true value, so the depth·valid and valid maps
@@ -73,6 +74,30 @@ def _valid(depth_m: np.ndarray) -> np.ndarray:
     return np.isfinite(depth_m) & (depth_m > 0)
 
 
+def resize_linear(values: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(h, w) float32 -> (H', W') bilinear, output pixel (x', y') sampling the input at (x' w / W', y' h / H')
+    (`geometry.scale_intrinsics`' mapping; beyond the last input pixel its value is repeated)."""
+    h, w = values.shape[:2]
+    H, W = out_hw
+    output_to_input = np.array([[w / W, 0.0, 0.0], [0.0, h / H, 0.0]])
+    return cv2.warpAffine(values, output_to_input, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def resize_image(rgb: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H', W', 3) in `resize_linear`'s mapping: pixel averages when shrinking (OpenCV's
+    INTER_AREA, whose pixel x' is centred at input (x' + 0.5) W / W' - 0.5, shifted back by that half-pixel
+    difference), bilinear when enlarging."""
+    H, W = out_hw
+    if H >= rgb.shape[0]:
+        return resize_linear(rgb, out_hw)
+    area = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA)
+    shift_x, shift_y = 0.5 * (1 - W / rgb.shape[1]), 0.5 * (1 - H / rgb.shape[0])
+    output_to_area = np.array([[1.0, 0.0, -shift_x], [0.0, 1.0, -shift_y]])
+    return cv2.warpAffine(area, output_to_area, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def resize_lidar(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """(h, w) metres, 0 = no return -> (H', W') float32 metres, bilinear as a normalised convolution.
 
@@ -80,8 +105,8 @@ def resize_lidar(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """
     H, W = out_hw
     valid = _valid(depth_m)
-    num = cv2.resize(np.where(valid, depth_m, 0).astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
-    share = cv2.resize(valid.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+    num = resize_linear(np.where(valid, depth_m, 0).astype(np.float32), (H, W))
+    share = resize_linear(valid.astype(np.float32), (H, W))
     ok = share >= LIDAR_MIN_VALID_SHARE
     np.divide(num, share, out=num, where=ok)  # in place: no full-size temporaries
     num[~ok] = 0.0
@@ -238,7 +263,7 @@ def refine_lidar(rgb: np.ndarray, depth_m: np.ndarray, confidence: Optional[np.n
     if not reliable.any():
         return np.where(flying, 0.0, out).astype(np.float32)
     disparity = 1.0 / np.where(valid, depth_m, 1.0)
-    guide = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    guide = resize_image(rgb, (h, w))
     disparity_fit, support = fit_planes(disparity, weight, guide, p)
     lo, hi = disparity[reliable].min(), disparity[reliable].max()
     estimate = 1.0 / np.clip(disparity_fit, lo, hi)  # never extrapolate beyond the reliable depth range
@@ -257,7 +282,7 @@ def refine_lidar(rgb: np.ndarray, depth_m: np.ndarray, confidence: Optional[np.n
 def _sample_grid(n_out: int, n_in: int, radius: int, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """Along one axis: for each of the 2 radius taps, the input index (clipped) and Gaussian weight of
     every output pixel; taps outside the input get weight 0. -> ((2r, n_out) int, (2r, n_out) float32)."""
-    pos = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5  # output pixel centres in input pixels
+    pos = np.arange(n_out) * (n_in / n_out)  # output pixel centres in input pixels (`resize_linear`)
     first = np.floor(pos).astype(np.int64)
     idx, wts = [], []
     for offset in range(1 - radius, radius + 1):
@@ -283,8 +308,8 @@ def snap_upsample(rgb: np.ndarray, depth_m: np.ndarray, out_hw: tuple[int, int],
     valid = _valid(depth_m)
     log_lr = np.log(np.where(valid, depth_m, 1.0)).astype(np.float32)
     weight_lr = valid.astype(np.float32)
-    guide = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA if H < rgb.shape[0] else cv2.INTER_LINEAR)
-    guide_lr = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+    guide = resize_image(rgb, (H, W))
+    guide_lr = resize_image(rgb, (h, w))
 
     # each output pixel draws on K = (2r)^2 samples (taps (a, b): row tap a, column tap b) with weight
     # valid * wy[a] * wx[b]; the weighted mean and the range of the valid samples are separable (rows, then
@@ -321,10 +346,10 @@ def snap_upsample(rgb: np.ndarray, depth_m: np.ndarray, out_hw: tuple[int, int],
 
     if len(ey):
         out_log[ey, ex] = _snap(*samples_at(ey, ex), color_weights(ey, ex), p)
-    own = cv2.resize(weight_lr, (W, H), interpolation=cv2.INTER_LINEAR) >= LIDAR_MIN_VALID_SHARE
+    own = resize_linear(weight_lr, (H, W)) >= LIDAR_MIN_VALID_SHARE
     ok = own & (total > 0)
     if footprint is not None:  # refill pixels of the footprint whose colour matches one of their samples
-        inside = cv2.resize(footprint.astype(np.float32), (W, H), interpolation=cv2.INTER_LINEAR)
+        inside = resize_linear(footprint.astype(np.float32), (H, W))
         ry, rx = np.nonzero(~own & (total > 0) & (inside >= LIDAR_MIN_VALID_SHARE))
         if len(ry):
             match = (color_weights(ry, rx) * (samples_at(ry, rx)[1] > 0)).max(0)
@@ -390,7 +415,8 @@ class LidarResize(_FrameByFrame):
     """`lidar`: the LiDAR depth resized to the output size (normalised bilinear; the baseline)."""
 
     name = "lidar"
-    settings = {"method": "normalised-bilinear", "min_valid_share": LIDAR_MIN_VALID_SHARE}
+    settings = {"method": "normalised-bilinear", "pixel_mapping": "scale_intrinsics",
+                "min_valid_share": LIDAR_MIN_VALID_SHARE}
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return resize_lidar(lidar_depth_m, out_hw)
@@ -403,7 +429,7 @@ class GuidedUpsampler(_FrameByFrame):
 
     def __init__(self, params: GuidedParams = GuidedParams()):
         self.params = params
-        self.settings = {"method": "guided-v2", **dataclasses.asdict(params)}
+        self.settings = {"method": "guided-v2", "pixel_mapping": "scale_intrinsics", **dataclasses.asdict(params)}
 
     def predict(self, rgb, lidar_depth_m, confidence, out_hw):
         return guided_upsample(rgb, lidar_depth_m, confidence, out_hw, self.params)

@@ -5,8 +5,8 @@ Gaussian splatting (nerfstudio's nerfacto / depth-nerfacto / splatfacto, gsplat)
                        file_path, transform_matrix, depth_file_path
     images/<stem>.jpg  the kept RGB frames, unchanged (hard links to capture/rgb/ where the filesystem allows)
     depth/<stem>.png   uint16 millimetres at the image's size, 0 = invalid: the depth maps the mesh was fused from
-                       (depth/<model>/, PromptDA's when it ran), resized nearest-neighbour (no depth is blended
-                       across an edge; nerfstudio itself resizes depth that way)
+                       (depth/<model>/, PromptDA's when it ran), resized nearest-neighbour, bilinear where
+                       that agrees with the nearest depth within 2 % (no depth is blended across an edge)
     sparse_pc.ply      points of the mesh with their colours (splatfacto starts its Gaussians there)
 
 Conventions that bite:
@@ -31,7 +31,6 @@ import re
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -39,6 +38,7 @@ from ..artifacts import (Manifest, atomic_write_bytes, atomic_write_text, finger
                          remove_tree, write_png_atomic)
 from ..capture import CaptureTable
 from ..config import ExportConfig
+from ..depth.classical import resize_lidar
 from ..errors import PromptmeshError
 from ..geometry import FLIP_YZ
 from ..images import read_depth_mm
@@ -50,10 +50,12 @@ from .source import mesh_fingerprint
 log = logging.getLogger(__name__)
 
 PRESET = "nerfstudio"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped when the files written change for the same inputs (part of the fingerprint)."""
 SAME_INTRINSICS_PX = 1e-6
 POINT_CLOUD = "sparse_pc.ply"
+SMOOTH_SHARE = 0.02
+"""`depth_at_image_size` interpolates where the bilinear depth is within this share of the nearest one."""
 
 
 def opengl_camera_to_world(camera_to_world: np.ndarray) -> np.ndarray:
@@ -95,11 +97,19 @@ def _json_with_flat_rows(obj: dict) -> str:
 
 
 def depth_at_image_size(depth_mm: np.ndarray, width: int, height: int) -> np.ndarray:
-    """(h', w') uint16 depth -> (height, width), nearest neighbour by pixel centres (so 0 = invalid stays
-    unblended and a map already at that size is returned as is)."""
+    """(h', w') uint16 depth -> (height, width) in `geometry.scale_intrinsics`' mapping (pixel (x, y) takes the
+    depth at (x w'/width, y h'/height)): the nearest pixel's depth, or the bilinear one where that is within
+    `SMOOTH_SHARE` of it (a smooth surface, no staircase). So depth edges and holes (0) stay unblended; a map
+    already at that size is returned as is."""
     if depth_mm.shape == (height, width):
         return depth_mm
-    return cv2.resize(depth_mm, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    h, w = depth_mm.shape
+    rows = np.minimum(np.floor(np.arange(height) * (h / height) + 0.5).astype(np.intp), h - 1)
+    cols = np.minimum(np.floor(np.arange(width) * (w / width) + 0.5).astype(np.intp), w - 1)
+    nearest = depth_mm[rows][:, cols]
+    bilinear = resize_lidar(depth_mm.astype(np.float32), (height, width))
+    smooth = (nearest > 0) & (np.abs(bilinear - nearest) <= SMOOTH_SHARE * nearest.astype(np.float32))
+    return np.where(smooth, np.rint(bilinear), nearest).astype(np.uint16)
 
 
 def link_or_copy(src: Path, dst: Path) -> Path:
