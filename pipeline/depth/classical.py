@@ -74,28 +74,33 @@ def _valid(depth_m: np.ndarray) -> np.ndarray:
     return np.isfinite(depth_m) & (depth_m > 0)
 
 
+def _warp(values: np.ndarray, output_to_input: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear resampling: output pixel (x', y') takes the input at output_to_input @ (x', y', 1) (pixel centres at
+    integer coordinates; beyond the input's last pixel its value is repeated)."""
+    return cv2.warpAffine(values, output_to_input, out_hw[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def resize_linear(values: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """(h, w) float32 -> (H', W') bilinear, output pixel (x', y') sampling the input at (x' w / W', y' h / H')
     (`geometry.scale_intrinsics`' mapping; beyond the last input pixel its value is repeated)."""
     h, w = values.shape[:2]
     H, W = out_hw
-    output_to_input = np.array([[w / W, 0.0, 0.0], [0.0, h / H, 0.0]])
-    return cv2.warpAffine(values, output_to_input, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return _warp(values, np.array([[w / W, 0.0, 0.0], [0.0, h / H, 0.0]]), out_hw)
 
 
 def resize_image(rgb: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 -> (H', W', 3) in `resize_linear`'s mapping: pixel averages when shrinking (OpenCV's
     INTER_AREA, whose pixel x' is centred at input (x' + 0.5) W / W' - 0.5, shifted back by that half-pixel
-    difference), bilinear when enlarging."""
+    difference), bilinear when enlarging; an image already at that size is returned as is."""
     H, W = out_hw
+    if rgb.shape[:2] == (H, W):
+        return rgb
     if H >= rgb.shape[0]:
         return resize_linear(rgb, out_hw)
     area = cv2.resize(rgb, (W, H), interpolation=cv2.INTER_AREA)
     shift_x, shift_y = 0.5 * (1 - W / rgb.shape[1]), 0.5 * (1 - H / rgb.shape[0])
-    output_to_area = np.array([[1.0, 0.0, -shift_x], [0.0, 1.0, -shift_y]])
-    return cv2.warpAffine(area, output_to_area, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_REPLICATE)
+    return _warp(area, np.array([[1.0, 0.0, -shift_x], [0.0, 1.0, -shift_y]]), out_hw)
 
 
 def resize_lidar(depth_m: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -294,9 +299,10 @@ def _sample_grid(n_out: int, n_in: int, radius: int, sigma: float) -> tuple[np.n
 
 
 def snap_upsample(rgb: np.ndarray, depth_m: np.ndarray, out_hw: tuple[int, int],
-                  params: GuidedParams = GuidedParams(), footprint: Optional[np.ndarray] = None) -> np.ndarray:
+                  params: GuidedParams = GuidedParams(), footprint: Optional[np.ndarray] = None,
+                  rgb_lr: Optional[np.ndarray] = None) -> np.ndarray:
     """Step 2 of `guided` (module docstring): (h, w) depth, metres, 0 = none -> (H', W') float32 metres,
-    edges snapped to the RGB image (H, W, 3) uint8 of any size.
+    edges snapped to the RGB image (H, W, 3) uint8 of any size (`rgb_lr`: the same at (h, w), if the caller has it).
 
     footprint: (h, w) bool, a wider area where the output may be valid (bilinear share >= 0.5): output
     pixels there that the valid depth does not cover are filled from the valid samples around them when
@@ -309,7 +315,7 @@ def snap_upsample(rgb: np.ndarray, depth_m: np.ndarray, out_hw: tuple[int, int],
     log_lr = np.log(np.where(valid, depth_m, 1.0)).astype(np.float32)
     weight_lr = valid.astype(np.float32)
     guide = resize_image(rgb, (H, W))
-    guide_lr = resize_image(rgb, (h, w))
+    guide_lr = resize_image(rgb, (h, w)) if rgb_lr is None else rgb_lr
 
     # each output pixel draws on K = (2r)^2 samples (taps (a, b): row tap a, column tap b) with weight
     # valid * wy[a] * wx[b]; the weighted mean and the range of the valid samples are separable (rows, then
@@ -387,8 +393,9 @@ def guided_upsample(rgb: np.ndarray, depth_m: np.ndarray, confidence: Optional[n
     Returns:
         (H', W') float32 depth, metres, 0 = invalid.
     """
-    refined = refine_lidar(rgb, depth_m, confidence, params)
-    return snap_upsample(rgb, refined, out_hw, params, footprint=(refined > 0) | _valid(depth_m))
+    rgb_lr = resize_image(rgb, depth_m.shape)  # the guide of both steps at LiDAR size, resized once
+    refined = refine_lidar(rgb_lr, depth_m, confidence, params)
+    return snap_upsample(rgb, refined, out_hw, params, footprint=(refined > 0) | _valid(depth_m), rgb_lr=rgb_lr)
 
 
 class _FrameByFrame:
